@@ -1,0 +1,145 @@
+// The event store: append-only streams in PostgreSQL, with optimistic concurrency, idempotent
+// appends, a global log that no reader can skip through, snapshots, transaction scopes and batches.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "mire/store/error.hpp"
+#include "mire/store/types.hpp"
+
+namespace mire {
+
+namespace detail {
+struct store_impl;
+struct pooled_connection;
+} // namespace detail
+
+/// How to reach the database and how to behave there.
+struct store_options {
+  std::string url;                      ///< libpq URL or "key=value" string
+  std::string schema = "mire";          ///< Postgres schema holding mire's tables
+  std::size_t pool_size = 8;            ///< connections kept open at most
+  int connect_timeout_seconds = 5;      ///< "unavailable" after this, never a hang
+  std::size_t max_event_bytes = 1 << 20;///< larger data or metadata is refused as bad input
+  std::string application_name = "mire";
+};
+
+class transaction;
+
+/// Thread-safe handle to an event store; cheap to copy (copies share one connection pool).
+class event_store {
+public:
+  /// Connects (checking the server answers) without touching the schema. unavailable when the
+  /// server cannot be reached within the connect timeout; bad_input for a bad schema name.
+  static result<event_store> open(store_options options);
+
+  const store_options& options() const;
+
+  /// Applies the numbered migrations not yet applied, under an advisory lock; safe to run from
+  /// many processes at once and again and again. Returns how many were applied now.
+  result<int> migrate();
+
+  /// Appends `events` to `stream_id` if it is at `expected` (DESIGN rules 1, 2). On a stale
+  /// expectation: version_conflict with the actual version, and nothing stored.
+  result<append_result> append(std::string_view stream_id, expected_version expected,
+                               std::vector<event_data> events);
+
+  /// Events of one stream with version >= from_version, in version order, at most `limit`.
+  result<std::vector<recorded_event>> read_stream(std::string_view stream_id,
+                                                  int64_t from_version = 1,
+                                                  std::size_t limit = SIZE_MAX);
+
+  /// The stream's current version (0 when it has no events).
+  result<int64_t> stream_version(std::string_view stream_id);
+
+  /// Up to `limit` events of the global log (or one category) after `after`, in commit-safe
+  /// order: never skips an event whose transaction commits late (DESIGN rule 3).
+  result<log_page> read_all(checkpoint after, std::size_t limit,
+                            std::string_view category = {});
+
+  /// The streams (of one category, or all) with their versions, ordered by id.
+  result<std::vector<stream_info>> streams(std::string_view category = {});
+
+  /// Latest snapshot of a stream, if any.
+  result<std::optional<snapshot>> load_snapshot(std::string_view stream_id);
+  /// Stores `s` unless a snapshot of a later version is already there.
+  result<void> save_snapshot(const snapshot& s);
+
+  /// Appends to many streams in one transaction and one bulk copy (for ingest). Every stream's
+  /// expected version is checked; any conflict stores nothing of the batch.
+  result<batch_result> append_batch(std::vector<stream_append> batch);
+
+  /// Opens a transaction scope (DESIGN rule 6). Prefer transact().
+  result<transaction> begin();
+
+  /// Runs `fn(transaction&)` in one transaction and commits when it returns a value; rolls back
+  /// when it returns an error or throws. A conflict in any append rolls back every append.
+  template <class F> auto transact(F&& fn) -> std::invoke_result_t<F, transaction&>;
+
+private:
+  explicit event_store(std::shared_ptr<detail::store_impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<detail::store_impl> impl_;
+};
+
+/// A transaction scope: reads and appends on one connection inside one transaction. Rolled back
+/// by the destructor unless committed. After any failed operation the transaction is rolled back
+/// and every further call fails.
+class transaction {
+public:
+  transaction(transaction&&) noexcept;
+  transaction& operator=(transaction&&) noexcept;
+  ~transaction();
+
+  result<append_result> append(std::string_view stream_id, expected_version expected,
+                               std::vector<event_data> events);
+  result<std::vector<recorded_event>> read_stream(std::string_view stream_id,
+                                                  int64_t from_version = 1,
+                                                  std::size_t limit = SIZE_MAX);
+  result<int64_t> stream_version(std::string_view stream_id);
+  result<std::optional<snapshot>> load_snapshot(std::string_view stream_id);
+  result<void> save_snapshot(const snapshot& s);
+
+  /// Commits. commit_in_doubt when the connection broke while committing.
+  result<void> commit();
+  /// Rolls back (idempotent).
+  void rollback();
+  bool active() const;
+
+private:
+  friend class event_store;
+  explicit transaction(std::unique_ptr<detail::pooled_connection> conn);
+  result<void> usable() const;
+  template <class T> result<T> guard(result<T> r);
+  std::unique_ptr<detail::pooled_connection> conn_;
+  bool failed_ = false;
+};
+
+template <class F> auto event_store::transact(F&& fn) -> std::invoke_result_t<F, transaction&> {
+  using R = std::invoke_result_t<F, transaction&>;
+  auto tx = begin();
+  if (!tx)
+    return R{tx.error()};
+  if constexpr (std::is_same_v<R, result<void>>) {
+    auto r = fn(*tx);
+    if (!r)
+      return r;
+    if (auto c = tx->commit(); !c)
+      return c;
+    return r;
+  } else {
+    auto r = fn(*tx);
+    if (!r)
+      return r;
+    if (auto c = tx->commit(); !c)
+      return R{c.error()};
+    return r;
+  }
+}
+
+} // namespace mire

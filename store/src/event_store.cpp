@@ -1,0 +1,304 @@
+#include "mire/store/event_store.hpp"
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "pg.hpp"
+#include "schema.hpp"
+#include "session.hpp"
+
+namespace mire {
+
+namespace detail {
+
+/// Shared state of an event_store: options, statement texts and the connection pool.
+struct store_impl {
+  store_options options;
+  statements sql;
+
+  std::mutex mutex;
+  std::condition_variable returned;
+  std::vector<std::unique_ptr<pg::connection>> idle;
+  std::size_t open = 0;  // connections handed out or idle
+
+  explicit store_impl(store_options o) : options(std::move(o)), sql(options.schema) {}
+
+  result<std::unique_ptr<pg::connection>> connect() {
+    return pg::connection::open(options.url, options.connect_timeout_seconds,
+                                options.application_name);
+  }
+
+  /// A connection from the pool, or a new one while under pool_size; waits otherwise.
+  result<std::unique_ptr<pg::connection>> acquire() {
+    {
+      std::unique_lock lock{mutex};
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::seconds(options.connect_timeout_seconds * 6);
+      while (idle.empty() && open >= options.pool_size)
+        if (returned.wait_until(lock, deadline) == std::cv_status::timeout)
+          return error{errc::timeout, "no database connection became free in time"};
+      if (!idle.empty()) {
+        auto c = std::move(idle.back());
+        idle.pop_back();
+        return c;
+      }
+      ++open;
+    }
+    auto c = connect();
+    if (!c) {
+      std::lock_guard lock{mutex};
+      --open;
+      returned.notify_one();
+    }
+    return c;
+  }
+
+  /// Returns a connection; a broken one, or one left inside a transaction, is closed instead.
+  void release(std::unique_ptr<pg::connection> c) {
+    std::lock_guard lock{mutex};
+    if (c && c->healthy() && !c->in_transaction())
+      idle.push_back(std::move(c));
+    else
+      --open;
+    returned.notify_one();
+  }
+
+  /// Drops every idle connection (after a lost connection: they are likely broken too).
+  void drop_idle() {
+    std::lock_guard lock{mutex};
+    open -= idle.size();
+    idle.clear();
+  }
+};
+
+/// A pooled connection, returned to its pool on destruction.
+struct pooled_connection {
+  std::shared_ptr<store_impl> pool;
+  std::unique_ptr<pg::connection> conn;
+  ~pooled_connection() {
+    if (conn)
+      pool->release(std::move(conn));
+  }
+};
+
+} // namespace detail
+
+namespace {
+
+// Runs `op(conn)` on a pooled connection. A connection lost on the way (the server restarted,
+// an idle connection went stale) is replaced once and the operation run again: every operation
+// passed here is safe to repeat (reads, and appends, which are idempotent by event id).
+template <class F> auto with_connection(const std::shared_ptr<detail::store_impl>& impl, F&& op) {
+  using R = std::invoke_result_t<F, pg::connection&>;
+  for (int attempt = 0;; ++attempt) {
+    auto c = impl->acquire();
+    if (!c)
+      return R{c.error()};
+    detail::pooled_connection held{impl, std::move(*c)};
+    auto r = op(*held.conn);
+    const bool lost = !held.conn->healthy();
+    impl->release(std::move(held.conn));
+    if (r || !lost || attempt > 0)
+      return r;
+    impl->drop_idle();
+  }
+}
+
+} // namespace
+
+result<event_store> event_store::open(store_options options) {
+  if (auto ok = detail::check_schema_name(options.schema); !ok)
+    return ok.error();
+  if (options.pool_size == 0)
+    return bad_input("pool_size must be at least 1");
+  if (options.connect_timeout_seconds < 1)
+    return bad_input(fmt::format("connect timeout {} s must be at least 1 second",
+                                 options.connect_timeout_seconds));
+  auto impl = std::make_shared<detail::store_impl>(std::move(options));
+  // Fail fast when the server is not there, and keep the connection for the first use.
+  auto c = impl->acquire();
+  if (!c)
+    return c.error();
+  impl->release(std::move(*c));
+  return event_store{std::move(impl)};
+}
+
+const store_options& event_store::options() const { return impl_->options; }
+
+result<int> event_store::migrate() {
+  return with_connection(impl_, [&](pg::connection& c) {
+    return detail::migrate(c, impl_->options.schema);
+  });
+}
+
+result<append_result> event_store::append(std::string_view stream_id, expected_version expected,
+                                          std::vector<event_data> events) {
+  if (auto ok = detail::check_append(stream_id, events, impl_->options); !ok)
+    return ok.error();
+  for (int attempt = 0;; ++attempt) {
+    auto c = impl_->acquire();
+    if (!c)
+      return c.error();
+    detail::pooled_connection held{impl_, std::move(*c)};
+    auto r = detail::append(*held.conn, impl_->sql, detail::tx_mode::autocommit, stream_id,
+                            expected, events);
+    // In doubt: resend once on a fresh connection. The event ids make the resend idempotent, so
+    // it either stores the events or reports the first attempt's positions.
+    if (!r && r.error().code == errc::commit_in_doubt && attempt == 0) {
+      held.conn.reset();
+      impl_->release(nullptr);
+      impl_->drop_idle();
+      continue;
+    }
+    return r;
+  }
+}
+
+result<std::vector<recorded_event>> event_store::read_stream(std::string_view stream_id,
+                                                             int64_t from_version,
+                                                             std::size_t limit) {
+  return with_connection(impl_, [&](pg::connection& c) {
+    return detail::read_stream(c, impl_->sql, stream_id, from_version, limit);
+  });
+}
+
+result<int64_t> event_store::stream_version(std::string_view stream_id) {
+  if (auto ok = detail::check_stream_id(stream_id); !ok)
+    return ok.error();
+  return with_connection(impl_, [&](pg::connection& c) {
+    return detail::stream_version(c, impl_->sql, stream_id);
+  });
+}
+
+result<log_page> event_store::read_all(checkpoint after, std::size_t limit,
+                                       std::string_view category) {
+  return with_connection(impl_, [&](pg::connection& c) {
+    return detail::read_all(c, impl_->sql, after, limit, category);
+  });
+}
+
+result<std::vector<stream_info>> event_store::streams(std::string_view category) {
+  return with_connection(impl_, [&](pg::connection& c) {
+    return detail::streams(c, impl_->sql, category);
+  });
+}
+
+result<std::optional<snapshot>> event_store::load_snapshot(std::string_view stream_id) {
+  return with_connection(impl_, [&](pg::connection& c) {
+    return detail::load_snapshot(c, impl_->sql, stream_id);
+  });
+}
+
+result<void> event_store::save_snapshot(const snapshot& s) {
+  return with_connection(impl_, [&](pg::connection& c) {
+    return detail::save_snapshot(c, impl_->sql, s, impl_->options);
+  });
+}
+
+result<batch_result> event_store::append_batch(std::vector<stream_append> batch) {
+  return with_connection(impl_, [&](pg::connection& c) {
+    return detail::append_batch(c, impl_->sql, batch, impl_->options);
+  });
+}
+
+result<transaction> event_store::begin() {
+  auto c = impl_->acquire();
+  if (!c)
+    return c.error();
+  auto held = std::make_unique<detail::pooled_connection>(impl_, std::move(*c));
+  if (auto r = held->conn->exec("BEGIN"); !r)
+    return r.error();
+  return transaction{std::move(held)};
+}
+
+// --- transaction ---------------------------------------------------------------------------
+
+transaction::transaction(std::unique_ptr<detail::pooled_connection> conn) : conn_(std::move(conn)) {}
+transaction::transaction(transaction&&) noexcept = default;
+transaction& transaction::operator=(transaction&&) noexcept = default;
+transaction::~transaction() { rollback(); }
+
+bool transaction::active() const { return conn_ && conn_->conn && !failed_; }
+
+result<void> transaction::usable() const {
+  if (failed_)
+    return bad_input("the transaction failed earlier and was rolled back");
+  if (!conn_ || !conn_->conn)
+    return bad_input("the transaction has already been committed or rolled back");
+  return {};
+}
+
+template <class T> result<T> transaction::guard(result<T> r) {
+  if (!r) {
+    failed_ = true;
+    rollback();
+  }
+  return r;
+}
+
+result<append_result> transaction::append(std::string_view stream_id, expected_version expected,
+                                          std::vector<event_data> events) {
+  if (auto ok = usable(); !ok)
+    return ok.error();
+  auto& impl = *conn_->pool;
+  if (auto ok = detail::check_append(stream_id, events, impl.options); !ok)
+    return guard(result<append_result>{ok.error()});
+  return guard(detail::append(*conn_->conn, impl.sql, detail::tx_mode::in_transaction, stream_id,
+                              expected, events));
+}
+
+result<std::vector<recorded_event>> transaction::read_stream(std::string_view stream_id,
+                                                             int64_t from_version,
+                                                             std::size_t limit) {
+  if (auto ok = usable(); !ok)
+    return ok.error();
+  return guard(detail::read_stream(*conn_->conn, conn_->pool->sql, stream_id, from_version, limit));
+}
+
+result<int64_t> transaction::stream_version(std::string_view stream_id) {
+  if (auto ok = usable(); !ok)
+    return ok.error();
+  if (auto ok = detail::check_stream_id(stream_id); !ok)
+    return guard(result<int64_t>{ok.error()});
+  return guard(detail::stream_version(*conn_->conn, conn_->pool->sql, stream_id));
+}
+
+result<std::optional<snapshot>> transaction::load_snapshot(std::string_view stream_id) {
+  if (auto ok = usable(); !ok)
+    return ok.error();
+  return guard(detail::load_snapshot(*conn_->conn, conn_->pool->sql, stream_id));
+}
+
+result<void> transaction::save_snapshot(const snapshot& s) {
+  if (auto ok = usable(); !ok)
+    return ok;
+  return guard(detail::save_snapshot(*conn_->conn, conn_->pool->sql, s, conn_->pool->options));
+}
+
+result<void> transaction::commit() {
+  if (auto ok = usable(); !ok)
+    return ok;
+  auto r = conn_->conn->exec("COMMIT");
+  const bool lost = !conn_->conn->healthy();
+  conn_.reset();  // back to the pool (or closed, when broken)
+  if (r)
+    return {};
+  auto err = std::move(r).error();
+  if (lost) {
+    err.code = errc::commit_in_doubt;
+    err.message = "the connection broke while committing; the transaction may have committed: " +
+                  err.message;
+  }
+  return err;
+}
+
+void transaction::rollback() {
+  if (conn_ && conn_->conn && conn_->conn->healthy() && conn_->conn->in_transaction())
+    (void)conn_->conn->exec("ROLLBACK");
+  conn_.reset();
+}
+
+} // namespace mire

@@ -1,0 +1,95 @@
+// Thin RAII layer over libpq: a connection with named prepared statements, results, and the
+// mapping of server errors to mire::error. Private to mire_store.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+#include <vector>
+
+#include "mire/store/error.hpp"
+
+namespace mire::pg {
+
+/// A statement parameter in text form; nullopt is SQL NULL.
+using param = std::optional<std::string_view>;
+
+/// Owns a PGresult.
+class rows {
+public:
+  rows() = default;
+  explicit rows(PGresult* r) : r_(r, &PQclear) {}
+
+  int size() const { return r_ ? PQntuples(r_.get()) : 0; }
+  bool empty() const { return size() == 0; }
+  bool is_null(int row, int col) const { return PQgetisnull(r_.get(), row, col) != 0; }
+  std::string_view text(int row, int col) const {
+    return {PQgetvalue(r_.get(), row, col),
+            static_cast<std::size_t>(PQgetlength(r_.get(), row, col))};
+  }
+  std::string str(int row, int col) const { return std::string(text(row, col)); }
+  int64_t int64(int row, int col) const;
+  uint64_t uint64(int row, int col) const;
+  /// Rows affected by an INSERT/UPDATE/DELETE.
+  int64_t affected() const;
+  PGresult* get() const { return r_.get(); }
+
+private:
+  std::shared_ptr<PGresult> r_;
+};
+
+/// One connection. Not thread-safe: one user at a time (the pool hands it out).
+class connection {
+public:
+  /// Connects with a connect timeout; unavailable when the server does not answer.
+  static result<std::unique_ptr<connection>> open(const std::string& url, int connect_timeout_s,
+                                                  const std::string& application_name);
+  ~connection();
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  /// Runs SQL without parameters (may hold several statements).
+  result<rows> exec(const std::string& sql);
+  /// Runs a named prepared statement, preparing it on first use on this connection.
+  result<rows> query(const std::string& name, const std::string& sql,
+                     std::initializer_list<param> params);
+  result<rows> query(const std::string& name, const std::string& sql,
+                     const std::vector<param>& params);
+
+  /// The details of the last failure (constraint, lost connection).
+  const std::string& last_constraint() const { return last_constraint_; }
+  bool last_failure_lost_connection() const { return last_lost_; }
+
+  /// COPY ... FROM STDIN: starts the copy, sends `data` in chunks, ends it.
+  result<rows> copy_in(const std::string& sql, std::string_view data);
+
+  bool healthy() const { return PQstatus(conn_) == CONNECTION_OK; }
+  /// In a transaction block (open or failed)?
+  bool in_transaction() const;
+  PGconn* raw() { return conn_; }
+
+private:
+  explicit connection(PGconn* c) : conn_(c) {}
+  result<rows> finish(PGresult* r, std::string_view what);
+  PGconn* conn_;
+  std::unordered_set<std::string> prepared_;
+  std::string last_constraint_;
+  bool last_lost_ = false;
+};
+
+/// Quotes an identifier for SQL text ("a""b"). Only used for validated schema names.
+std::string quote_ident(std::string_view name);
+
+/// Escapes a value for a Postgres text-format array literal element: "..." with \ and " escaped.
+void append_array_element(std::string& out, std::string_view value);
+
+/// Escapes a value for COPY text format (backslash, tab, newline, carriage return).
+void append_copy_field(std::string& out, std::string_view value);
+
+} // namespace mire::pg

@@ -1,0 +1,565 @@
+#include "session.hpp"
+
+#include <algorithm>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "mire/store/uuid.hpp"
+#include "schema.hpp"
+
+namespace mire::detail {
+
+namespace {
+
+constexpr std::size_t max_stream_id_bytes = 512;
+constexpr std::size_t max_type_bytes = 256;
+// An append of "any" expected version that loses a race re-reads the head and tries again.
+constexpr int max_any_retries = 16;
+
+constexpr std::string_view event_columns =
+    "version, global_position, transaction_id, event_id, event_type, payload, metadata, "
+    "recorded_at";
+
+// Length of the UTF-8 sequence starting at s[i], or 0 when it is not valid UTF-8.
+std::size_t utf8_sequence(std::string_view s, std::size_t i) {
+  const auto c = static_cast<unsigned char>(s[i]);
+  std::size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+  if (n == 0 || i + n > s.size() || (n == 2 && c < 0xC2))
+    return 0;
+  for (std::size_t k = 1; k < n; ++k)
+    if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80)
+      return 0;
+  return n;
+}
+
+// True when `s` is valid UTF-8 without control characters.
+bool clean_text(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const auto n = utf8_sequence(s, i);
+    if (n == 0)
+      return false;
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (n == 1 && (c < 0x20 || c == 0x7F))
+      return false;
+    i += n;
+  }
+  return true;
+}
+
+result<void> check_type(std::string_view type, std::size_t index) {
+  bool ok = !type.empty() && type.size() <= max_type_bytes;
+  for (char c : type)
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '_' || c == '.' || c == '-' || c == ':' || c == '/' || c == '$' || c == '@');
+  if (ok)
+    return {};
+  return bad_input(fmt::format("event type '{}' (event {}) must be 1-{} characters of letters, "
+                               "digits and _ . - : / $ @",
+                               printable(type), index + 1, max_type_bytes));
+}
+
+result<void> check_json(std::string_view what, std::string_view text, std::size_t index,
+                        std::size_t max_bytes, bool must_be_object) {
+  if (text.size() > max_bytes)
+    return bad_input(fmt::format("{} of event {} is {} bytes, over the limit of {} bytes", what,
+                                 index + 1, text.size(), max_bytes));
+  if (!nlohmann::json::accept(text))
+    return bad_input(fmt::format("{} of event {} is not valid JSON: '{}'", what, index + 1,
+                                 printable(text)));
+  if (must_be_object) {
+    const auto first = text.find_first_not_of(" \t\r\n");
+    if (first == std::string_view::npos || text[first] != '{')
+      return bad_input(fmt::format("{} of event {} must be a JSON object: '{}'", what, index + 1,
+                                   printable(text)));
+  }
+  return {};
+}
+
+// Postgres text-format array literal of the given strings.
+template <class F> std::string array_literal(const std::vector<event_data>& events, F field) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (i)
+      out += ',';
+    pg::append_array_element(out, field(events[i]));
+  }
+  out += '}';
+  return out;
+}
+
+std::string text_array(const std::vector<std::string_view>& values) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i)
+      out += ',';
+    pg::append_array_element(out, values[i]);
+  }
+  out += '}';
+  return out;
+}
+
+// "2026-11-26 07:05:41.123456+00" (ISO DateStyle, UTC) -> "2026-11-26T07:05:41.123456Z".
+std::string iso_time(std::string_view pg_time) {
+  std::string out(pg_time);
+  if (out.size() > 10 && out[10] == ' ')
+    out[10] = 'T';
+  if (out.size() > 3 && out.compare(out.size() - 3, 3, "+00") == 0)
+    out.replace(out.size() - 3, 3, "Z");
+  return out;
+}
+
+// Reads the columns of `event_columns` starting at column `c`.
+recorded_event to_event(const pg::rows& r, int row, int c, std::string stream_id) {
+  recorded_event e;
+  e.stream_id = std::move(stream_id);
+  e.version = r.int64(row, c);
+  e.global_position = r.int64(row, c + 1);
+  e.transaction_id = r.uint64(row, c + 2);
+  e.event_id = r.str(row, c + 3);
+  e.type = r.str(row, c + 4);
+  e.data = r.str(row, c + 5);
+  e.metadata = r.str(row, c + 6);
+  e.recorded_at = iso_time(r.text(row, c + 7));
+  return e;
+}
+
+error with_context(error e, std::string_view doing) {
+  e.message = fmt::format("{}: {}", doing, e.message);
+  return e;
+}
+
+// After a failed append: were these exact events stored before (an idempotent retry)?
+// Returns the original result, a bad_input when only some ids (or another stream) match, or
+// nullopt when none of the ids is stored.
+result<std::optional<append_result>> find_previous_append(pg::connection& conn,
+                                                          const statements& sql,
+                                                          std::string_view stream_id,
+                                                          const std::vector<event_data>& events,
+                                                          const std::string& ids) {
+  auto found = conn.query("mire_find_event_ids", sql.find_event_ids, {ids});
+  if (!found)
+    return with_context(std::move(found).error(), "checking for a repeated append");
+  if (found->empty())
+    return std::optional<append_result>{};
+  std::unordered_map<std::string, int> row_of;
+  for (int i = 0; i < found->size(); ++i)
+    row_of.emplace(found->str(i, 0), i);
+  append_result original;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    auto it = row_of.find(events[i].event_id);
+    const bool same = it != row_of.end() && found->text(it->second, 1) == stream_id &&
+                      (i == 0 || found->int64(it->second, 2) == original.version + 1);
+    if (!same) {
+      return bad_input(fmt::format(
+          "event id {} is already stored in stream '{}' at version {}; a retried append must "
+          "resend the same events to the same stream",
+          found->str(0, 0), printable(found->text(0, 1)), found->int64(0, 2)));
+    }
+    original.version = found->int64(it->second, 2);
+    const auto pos = found->int64(it->second, 3);
+    original.first_position = i == 0 ? pos : std::min(original.first_position, pos);
+    original.last_position = std::max(original.last_position, pos);
+  }
+  original.duplicate = true;
+  return std::optional<append_result>{original};
+}
+
+} // namespace
+
+statements::statements(std::string_view schema) {
+  auto s = [&](std::string_view text) { return in_schema(text, schema); };
+  const std::string cols{event_columns};
+  append_exact = s(R"sql(
+INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
+SELECT $1, $2::bigint + e.n, e.id, e.type, e.data, e.meta
+FROM unnest($3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[]) WITH ORDINALITY AS e(id, type, data, meta, n)
+WHERE $2::bigint = 0 OR EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint)
+ORDER BY e.n
+RETURNING version, global_position)sql");
+  append_any = s(R"sql(
+INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
+SELECT $1, h.v + e.n, e.id, e.type, e.data, e.meta
+FROM (SELECT coalesce(max(version), 0) AS v FROM {s}.events WHERE stream_id = $1) h,
+     unnest($2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[]) WITH ORDINALITY AS e(id, type, data, meta, n)
+ORDER BY e.n
+RETURNING version, global_position)sql");
+  find_event_ids = s("SELECT event_id, stream_id, version, global_position FROM {s}.events "
+                     "WHERE event_id = ANY($1::uuid[]) ORDER BY global_position");
+  stream_version = s("SELECT coalesce(max(version), 0) FROM {s}.events WHERE stream_id = $1");
+  read_stream = s("SELECT " + cols + " FROM {s}.events WHERE stream_id = $1 AND version >= $2 "
+                  "ORDER BY version LIMIT $3");
+  // Only below the visibility horizon: every transaction with a smaller id has ended, so no
+  // event can later appear before a checkpoint we hand out (DESIGN rule 3).
+  read_all = s("SELECT stream_id, " + cols + " FROM {s}.events "
+               "WHERE (transaction_id, global_position) > ($1::xid8, $2::bigint) "
+               "AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) "
+               "ORDER BY transaction_id, global_position LIMIT $3");
+  read_category = s("SELECT stream_id, " + cols + " FROM {s}.events "
+                    "WHERE category = $4 AND (transaction_id, global_position) > ($1::xid8, $2::bigint) "
+                    "AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) "
+                    "ORDER BY transaction_id, global_position LIMIT $3");
+  streams_all = s("SELECT stream_id, max(version), max(global_position) FROM {s}.events "
+                  "GROUP BY stream_id ORDER BY stream_id");
+  streams_category = s("SELECT stream_id, max(version), max(global_position) FROM {s}.events "
+                       "WHERE category = $1 GROUP BY stream_id ORDER BY stream_id");
+  load_snapshot = s("SELECT version, schema_version, state FROM {s}.snapshots WHERE stream_id = $1");
+  // A newer snapshot is never replaced by an older one of the same schema.
+  save_snapshot = s(R"sql(
+INSERT INTO {s}.snapshots (stream_id, version, schema_version, state) VALUES ($1, $2, $3, $4::jsonb)
+ON CONFLICT (stream_id) DO UPDATE
+SET version = excluded.version, schema_version = excluded.schema_version, state = excluded.state,
+    recorded_at = now()
+WHERE {s}.snapshots.version <= excluded.version
+   OR {s}.snapshots.schema_version <> excluded.schema_version)sql");
+  batch_heads = s("SELECT s.id, (SELECT coalesce(max(version), 0) FROM {s}.events "
+                  "WHERE stream_id = s.id) FROM unnest($1::text[]) AS s(id)");
+  batch_copy = s("COPY {s}.events (stream_id, version, event_id, event_type, payload, metadata) "
+                 "FROM STDIN");
+  batch_positions = s("SELECT coalesce(min(global_position), 0), coalesce(max(global_position), 0) "
+                      "FROM {s}.events WHERE transaction_id = pg_current_xact_id()");
+}
+
+std::string printable(std::string_view value) {
+  constexpr std::size_t max_chars = 120;
+  std::string out;
+  for (std::size_t i = 0; i < value.size() && out.size() < max_chars;) {
+    const auto n = utf8_sequence(value, i);
+    const auto c = static_cast<unsigned char>(value[i]);
+    if (n == 0 || (n == 1 && (c < 0x20 || c == 0x7F))) {
+      out += fmt::format("\\x{:02x}", c);
+      ++i;
+    } else {
+      out.append(value.substr(i, n));
+      i += n;
+    }
+  }
+  if (out.size() >= max_chars)
+    out += "...";
+  return out;
+}
+
+result<void> check_stream_id(std::string_view stream_id) {
+  if (stream_id.empty())
+    return bad_input("stream id is empty");
+  if (stream_id.size() > max_stream_id_bytes)
+    return bad_input(fmt::format("stream id '{}' is {} bytes, over the limit of {}",
+                                 printable(stream_id), stream_id.size(), max_stream_id_bytes));
+  if (!clean_text(stream_id))
+    return bad_input(fmt::format("stream id '{}' contains a control character or invalid UTF-8",
+                                 printable(stream_id)));
+  return {};
+}
+
+result<void> check_append(std::string_view stream_id, std::vector<event_data>& events,
+                          const store_options& options) {
+  if (auto ok = check_stream_id(stream_id); !ok)
+    return ok;
+  if (events.empty())
+    return bad_input(fmt::format("nothing to append to stream '{}': no events given",
+                                 printable(stream_id)));
+  std::unordered_set<std::string_view> ids;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    auto& e = events[i];
+    if (auto ok = check_type(e.type, i); !ok)
+      return ok;
+    if (auto ok = check_json("data", e.data, i, options.max_event_bytes, false); !ok)
+      return ok;
+    if (e.metadata.empty())
+      e.metadata = "{}";
+    if (auto ok = check_json("metadata", e.metadata, i, options.max_event_bytes, true); !ok)
+      return ok;
+    if (e.event_id.empty())
+      e.event_id = new_uuid();
+    else if (!is_uuid(e.event_id))
+      return bad_input(fmt::format("event id '{}' (event {}) is not a UUID",
+                                   printable(e.event_id), i + 1));
+    if (!ids.insert(e.event_id).second)
+      return bad_input(fmt::format("event id {} appears twice in one append", e.event_id));
+  }
+  return {};
+}
+
+result<append_result> append(pg::connection& conn, const statements& sql, tx_mode mode,
+                             std::string_view stream_id, expected_version expected,
+                             const std::vector<event_data>& events) {
+  const std::string ids = array_literal(events, [](auto& e) -> std::string_view { return e.event_id; });
+  const std::string types = array_literal(events, [](auto& e) -> std::string_view { return e.type; });
+  const std::string data = array_literal(events, [](auto& e) -> std::string_view { return e.data; });
+  const std::string meta = array_literal(events, [](auto& e) -> std::string_view { return e.metadata; });
+  const std::string expected_text = std::to_string(expected.value());
+  const auto n = static_cast<int>(events.size());
+
+  for (int attempt = 0;; ++attempt) {
+    auto r = expected.is_any()
+                 ? conn.query("mire_append_any", sql.append_any, {stream_id, ids, types, data, meta})
+                 : conn.query("mire_append_exact", sql.append_exact,
+                              {stream_id, expected_text, ids, types, data, meta});
+    if (r && r->size() == n) {
+      append_result out;
+      out.first_position = r->int64(0, 1);
+      for (int i = 0; i < n; ++i) {
+        out.version = std::max(out.version, r->int64(i, 0));
+        out.first_position = std::min(out.first_position, r->int64(i, 1));
+        out.last_position = std::max(out.last_position, r->int64(i, 1));
+      }
+      return out;
+    }
+    if (!r) {
+      auto err = std::move(r).error();
+      if (conn.last_failure_lost_connection() && mode == tx_mode::autocommit) {
+        err.code = errc::commit_in_doubt;
+        err.message = fmt::format(
+            "the connection broke while appending to '{}'; the append may have committed: retry "
+            "it with the same event ids ({}): {}",
+            printable(stream_id), ids, err.message);
+        return err;
+      }
+      if (err.sqlstate != "23505")
+        return with_context(std::move(err), fmt::format("append to '{}'", printable(stream_id)));
+      // A unique violation aborts an open transaction: end it before asking what happened.
+      if (mode == tx_mode::in_transaction)
+        (void)conn.exec("ROLLBACK");
+    }
+    // Nothing was stored. Either these events were stored before (a retry), or the stream was
+    // not where the caller expected it.
+    auto previous = find_previous_append(conn, sql, stream_id, events, ids);
+    if (!previous)
+      return previous.error();
+    if (*previous) {
+      if (mode == tx_mode::autocommit)
+        return **previous;
+      return bad_input(fmt::format("the events appended to '{}' were stored before (event id {}); "
+                                   "the transaction was rolled back",
+                                   printable(stream_id), events.front().event_id));
+    }
+    auto actual = stream_version(conn, sql, stream_id);
+    if (!actual)
+      return actual.error();
+    if (expected.is_any() && mode == tx_mode::autocommit && attempt < max_any_retries)
+      continue;  // lost a race for the next version; the head moved, so try again
+    return conflict(std::string(stream_id), expected.is_any() ? -1 : expected.value(), *actual);
+  }
+}
+
+result<int64_t> stream_version(pg::connection& conn, const statements& sql,
+                               std::string_view stream_id) {
+  auto r = conn.query("mire_stream_version", sql.stream_version, {stream_id});
+  if (!r)
+    return r.error();
+  return r->int64(0, 0);
+}
+
+result<std::vector<recorded_event>> read_stream(pg::connection& conn, const statements& sql,
+                                                std::string_view stream_id, int64_t from_version,
+                                                std::size_t limit) {
+  if (auto ok = check_stream_id(stream_id); !ok)
+    return ok.error();
+  if (from_version < 1)
+    from_version = 1;
+  const auto from = std::to_string(from_version);
+  const auto lim = std::to_string(std::min<std::size_t>(limit, INT64_MAX));
+  auto r = conn.query("mire_read_stream", sql.read_stream, {stream_id, from, lim});
+  if (!r)
+    return r.error();
+  std::vector<recorded_event> out;
+  out.reserve(r->size());
+  const std::string id(stream_id);
+  for (int i = 0; i < r->size(); ++i)
+    out.push_back(to_event(*r, i, 0, id));
+  return out;
+}
+
+result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoint after,
+                          std::size_t limit, std::string_view category) {
+  if (limit == 0)
+    return bad_input("read limit must be at least 1");
+  const auto tx = std::to_string(after.transaction_id);
+  const auto pos = std::to_string(after.position);
+  const auto lim = std::to_string(std::min<std::size_t>(limit, INT64_MAX));
+  auto r = category.empty()
+               ? conn.query("mire_read_all", sql.read_all, {tx, pos, lim})
+               : conn.query("mire_read_category", sql.read_category, {tx, pos, lim, category});
+  if (!r)
+    return r.error();
+  log_page page;
+  page.events.reserve(r->size());
+  for (int i = 0; i < r->size(); ++i)
+    page.events.push_back(to_event(*r, i, 1, r->str(i, 0)));
+  page.next = page.events.empty() ? after : page.events.back().checkpoint();
+  return page;
+}
+
+result<std::vector<stream_info>> streams(pg::connection& conn, const statements& sql,
+                                         std::string_view category) {
+  auto r = category.empty() ? conn.query("mire_streams_all", sql.streams_all, {})
+                            : conn.query("mire_streams_category", sql.streams_category, {category});
+  if (!r)
+    return r.error();
+  std::vector<stream_info> out;
+  out.reserve(r->size());
+  for (int i = 0; i < r->size(); ++i)
+    out.push_back({r->str(i, 0), r->int64(i, 1), r->int64(i, 2)});
+  return out;
+}
+
+result<std::optional<snapshot>> load_snapshot(pg::connection& conn, const statements& sql,
+                                              std::string_view stream_id) {
+  if (auto ok = check_stream_id(stream_id); !ok)
+    return ok.error();
+  auto r = conn.query("mire_load_snapshot", sql.load_snapshot, {stream_id});
+  if (!r)
+    return r.error();
+  if (r->empty())
+    return std::optional<snapshot>{};
+  return std::optional<snapshot>{snapshot{std::string(stream_id), r->int64(0, 0),
+                                          static_cast<int32_t>(r->int64(0, 1)), r->str(0, 2)}};
+}
+
+result<void> save_snapshot(pg::connection& conn, const statements& sql, const snapshot& s,
+                           const store_options& options) {
+  if (auto ok = check_stream_id(s.stream_id); !ok)
+    return ok;
+  if (s.version < 1)
+    return bad_input(fmt::format("snapshot version {} of stream '{}' must be at least 1", s.version,
+                                 printable(s.stream_id)));
+  if (auto ok = check_json("snapshot state", s.state, 0, options.max_event_bytes * 16, false); !ok)
+    return ok;
+  const auto version = std::to_string(s.version);
+  const auto schema = std::to_string(s.schema_version);
+  auto r = conn.query("mire_save_snapshot", sql.save_snapshot, {s.stream_id, version, schema, s.state});
+  if (!r)
+    return r.error();
+  return {};
+}
+
+result<batch_result> append_batch(pg::connection& conn, const statements& sql,
+                                  std::vector<stream_append>& batch, const store_options& options) {
+  if (batch.empty())
+    return bad_input("nothing to append: the batch has no streams");
+  std::unordered_set<std::string_view> seen_streams;
+  std::vector<std::string_view> stream_ids;
+  std::vector<event_data> all;  // every event of the batch, for the repeated-append check
+  for (auto& s : batch) {
+    if (auto ok = check_append(s.stream_id, s.events, options); !ok)
+      return ok.error();
+    if (!seen_streams.insert(s.stream_id).second)
+      return bad_input(fmt::format("stream '{}' appears twice in one batch", printable(s.stream_id)));
+    stream_ids.push_back(s.stream_id);
+    all.insert(all.end(), s.events.begin(), s.events.end());
+  }
+  std::unordered_set<std::string_view> all_ids;
+  for (const auto& e : all)
+    if (!all_ids.insert(e.event_id).second)
+      return bad_input(fmt::format("event id {} appears twice in one batch", e.event_id));
+  const std::string streams_param = text_array(stream_ids);
+  const std::string ids_param = array_literal(all, [](auto& e) -> std::string_view { return e.event_id; });
+  // After a failed attempt (rolled back): the batch stored before (a retry), a conflict, or a
+  // lost race of an "any" stream (nullopt: try again).
+  auto after_failure = [&]() -> std::optional<result<batch_result>> {
+    auto found = conn.query("mire_find_event_ids", sql.find_event_ids, {ids_param});
+    if (!found)
+      return result<batch_result>{found.error()};
+    if (found->size() == static_cast<int>(all.size())) {
+      batch_result again;
+      again.duplicate = true;
+      again.events = static_cast<int64_t>(all.size());
+      std::unordered_map<std::string, int64_t> version_of;
+      for (int i = 0; i < found->size(); ++i) {
+        auto& v = version_of[found->str(i, 1)];
+        v = std::max(v, found->int64(i, 2));
+      }
+      for (const auto& s : batch)
+        again.versions.push_back(version_of[s.stream_id]);
+      again.first_position = found->int64(0, 3);
+      again.last_position = found->int64(found->size() - 1, 3);
+      return again;
+    }
+    if (!found->empty())
+      return result<batch_result>{bad_input(fmt::format(
+          "event id {} of the batch is already stored (stream '{}', version {}) but not all of "
+          "the batch is: a retried batch must resend the same events",
+          found->str(0, 0), printable(found->text(0, 1)), found->int64(0, 2)))};
+    auto now = conn.query("mire_batch_heads", sql.batch_heads, {streams_param});
+    if (!now)
+      return result<batch_result>{now.error()};
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const auto& s = batch[i];
+      const int64_t head = now->int64(static_cast<int>(i), 1);
+      if (!s.expected.is_any() && head != s.expected.value())
+        return result<batch_result>{conflict(s.stream_id, s.expected.value(), head)};
+    }
+    return std::nullopt;
+  };
+
+  for (int attempt = 0; attempt <= max_any_retries; ++attempt) {
+    if (auto r = conn.exec("BEGIN"); !r)
+      return r.error();
+    // Heads read inside the transaction. A writer that slips in after this read makes the COPY
+    // hit the (stream_id, version) unique key, so the check-then-copy is still all-or-nothing.
+    auto heads = conn.query("mire_batch_heads", sql.batch_heads, {streams_param});
+    if (!heads) {
+      (void)conn.exec("ROLLBACK");
+      return heads.error();
+    }
+    batch_result out;
+    std::string copy;
+    bool stale = false;
+    for (std::size_t i = 0; i < batch.size() && !stale; ++i) {
+      const auto& s = batch[i];
+      const int64_t head = heads->int64(static_cast<int>(i), 1);
+      stale = !s.expected.is_any() && head != s.expected.value();
+      int64_t version = head;
+      for (const auto& e : s.events) {
+        pg::append_copy_field(copy, s.stream_id);
+        copy += '\t';
+        copy += std::to_string(++version);
+        copy += '\t';
+        copy += e.event_id;
+        copy += '\t';
+        pg::append_copy_field(copy, e.type);
+        copy += '\t';
+        pg::append_copy_field(copy, e.data);
+        copy += '\t';
+        pg::append_copy_field(copy, e.metadata);
+        copy += '\n';
+      }
+      out.versions.push_back(version);
+      out.events += static_cast<int64_t>(s.events.size());
+    }
+    if (!stale) {
+      auto copied = conn.copy_in(sql.batch_copy, copy);
+      if (copied) {
+        auto pos = conn.query("mire_batch_positions", sql.batch_positions, {});
+        if (!pos) {
+          (void)conn.exec("ROLLBACK");
+          return pos.error();
+        }
+        out.first_position = pos->int64(0, 0);
+        out.last_position = pos->int64(0, 1);
+        auto done = conn.exec("COMMIT");
+        if (!done) {
+          auto err = std::move(done).error();
+          if (conn.last_failure_lost_connection())
+            err.code = errc::commit_in_doubt;
+          return err;
+        }
+        return out;
+      }
+      auto err = std::move(copied).error();
+      if (err.sqlstate != "23505") {
+        (void)conn.exec("ROLLBACK");
+        return with_context(std::move(err), "batched append");
+      }
+    }
+    (void)conn.exec("ROLLBACK");
+    if (auto decided = after_failure())
+      return std::move(*decided);
+  }
+  return error{errc::version_conflict,
+               "batched append kept losing races with concurrent writers; gave up after retries"};
+}
+
+} // namespace mire::detail

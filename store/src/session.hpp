@@ -1,0 +1,53 @@
+// The store's operations on one connection. event_store runs them on a pooled connection in
+// autocommit mode; transaction runs them inside its open transaction. One place for each rule.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mire/store/event_store.hpp"
+#include "pg.hpp"
+
+namespace mire::detail {
+
+/// Statement texts for one schema, built once per store.
+struct statements {
+  explicit statements(std::string_view schema);
+  std::string append_exact, append_any, find_event_ids, stream_version, read_stream, read_all,
+      read_category, streams_all, streams_category, load_snapshot, save_snapshot, batch_heads,
+      batch_copy, batch_positions;
+};
+
+/// Checks an append's arguments (DESIGN rule 10) and fills in missing event ids.
+result<void> check_append(std::string_view stream_id, std::vector<event_data>& events,
+                          const store_options& options);
+result<void> check_stream_id(std::string_view stream_id);
+
+/// Whether a failed write left the transaction's outcome unknown (the connection broke).
+enum class tx_mode { autocommit, in_transaction };
+
+result<append_result> append(pg::connection& conn, const statements& sql, tx_mode mode,
+                             std::string_view stream_id, expected_version expected,
+                             const std::vector<event_data>& events);
+result<std::vector<recorded_event>> read_stream(pg::connection& conn, const statements& sql,
+                                                std::string_view stream_id, int64_t from_version,
+                                                std::size_t limit);
+result<int64_t> stream_version(pg::connection& conn, const statements& sql,
+                               std::string_view stream_id);
+result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoint after,
+                          std::size_t limit, std::string_view category);
+result<std::vector<stream_info>> streams(pg::connection& conn, const statements& sql,
+                                         std::string_view category);
+result<std::optional<snapshot>> load_snapshot(pg::connection& conn, const statements& sql,
+                                              std::string_view stream_id);
+result<void> save_snapshot(pg::connection& conn, const statements& sql, const snapshot& s,
+                           const store_options& options);
+result<batch_result> append_batch(pg::connection& conn, const statements& sql,
+                                  std::vector<stream_append>& batch, const store_options& options);
+
+/// A value for an error message: control bytes and invalid UTF-8 escaped, long values cut.
+std::string printable(std::string_view value);
+
+} // namespace mire::detail

@@ -1,0 +1,48 @@
+#include "mire/store/uuid.hpp"
+
+#include <cstdint>
+#include <random>
+
+namespace mire {
+
+std::string new_uuid() {
+  // One generator per thread, seeded once from the OS: no lock on the append path.
+  thread_local std::mt19937_64 gen{[] {
+    std::random_device rd;
+    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64{seq};
+  }()};
+  uint64_t hi = gen(), lo = gen();
+  hi = (hi & ~0xF000ull) | 0x4000ull;                         // version 4
+  lo = (lo & ~(0xC000ull << 48)) | (0x8000ull << 48);         // RFC 4122 variant
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out(36, '-');
+  int pos = 0;
+  auto put = [&](uint64_t v, int nibbles) {
+    for (int i = nibbles - 1; i >= 0; --i) {
+      if (pos == 8 || pos == 13 || pos == 18 || pos == 23)
+        ++pos;
+      out[pos++] = hex[(v >> (i * 4)) & 0xF];
+    }
+  };
+  put(hi, 16);
+  put(lo, 16);
+  return out;
+}
+
+bool is_uuid(std::string_view t) {
+  if (t.size() != 36)
+    return false;
+  for (size_t i = 0; i < t.size(); ++i) {
+    const char c = t[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (c != '-')
+        return false;
+    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+} // namespace mire

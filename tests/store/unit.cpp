@@ -1,0 +1,37 @@
+// Pure logic of the store layer: no server needed.
+#include <doctest/doctest.h>
+
+#include "mire/store/types.hpp"
+#include "mire/store/uuid.hpp"
+
+TEST_CASE("expected versions parse from their command-line spellings") {
+  CHECK(mire::expected_version::parse("any")->is_any());
+  CHECK(mire::expected_version::parse("no-stream")->value() == 0);
+  CHECK(mire::expected_version::parse("42")->value() == 42);
+  auto bad = mire::expected_version::parse("-3");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().code == mire::errc::bad_input);
+  CHECK(bad.error().message.find("'-3'") != std::string::npos);
+}
+
+TEST_CASE("checkpoints round-trip through their text form and order like the log") {
+  mire::checkpoint c{812, 40};
+  CHECK(mire::checkpoint::parse(c.to_string()).value() == c);
+  CHECK(mire::checkpoint{811, 99} < mire::checkpoint{812, 1});
+  CHECK_FALSE(mire::checkpoint::parse("812"));
+  CHECK_FALSE(mire::checkpoint::parse("a:b"));
+}
+
+TEST_CASE("new uuids are well formed, version 4 and distinct") {
+  auto a = mire::new_uuid(), b = mire::new_uuid();
+  CHECK(mire::is_uuid(a));
+  CHECK(a != b);
+  CHECK(a[14] == '4');
+  CHECK_FALSE(mire::is_uuid("not-a-uuid"));
+}
+
+TEST_CASE("a stream's category is its id up to the first dash") {
+  CHECK(mire::category_of("account-42") == "account");
+  CHECK(mire::category_of("account-42-x") == "account");
+  CHECK(mire::category_of("plain") == "plain");
+}
