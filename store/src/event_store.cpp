@@ -3,6 +3,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <unordered_map>
 
 #include <fmt/format.h>
 
@@ -24,7 +25,27 @@ struct store_impl {
   std::vector<std::unique_ptr<pg::connection>> idle;
   std::size_t open = 0;  // connections handed out or idle
 
+  // Stream versions this store has seen committed. Events are never deleted, so "version v of
+  // stream s exists" stays true, and an append expecting v may skip the probe that prevents holes.
+  std::mutex heads_mutex;
+  std::unordered_map<std::string, int64_t> known_heads;
+  static constexpr std::size_t max_known_heads = 100'000;
+
   explicit store_impl(store_options o) : options(std::move(o)), sql(options.schema) {}
+
+  bool knows(std::string_view stream_id, int64_t version) {
+    std::lock_guard lock{heads_mutex};
+    auto it = known_heads.find(std::string(stream_id));
+    return it != known_heads.end() && it->second >= version;
+  }
+
+  void remember(std::string_view stream_id, int64_t version) {
+    std::lock_guard lock{heads_mutex};
+    if (known_heads.size() >= max_known_heads)
+      known_heads.clear();  // a cache, not a record: forgetting only costs a probe
+    auto& head = known_heads[std::string(stream_id)];
+    head = std::max(head, version);
+  }
 
   result<std::unique_ptr<pg::connection>> connect() {
     return pg::connection::open(options.url, options.connect_timeout_seconds,
@@ -143,8 +164,11 @@ result<append_result> event_store::append(std::string_view stream_id, expected_v
     if (!c)
       return c.error();
     detail::pooled_connection held{impl_, std::move(*c)};
+    const bool known = !expected.is_any() && impl_->knows(stream_id, expected.value());
     auto r = detail::append(*held.conn, impl_->sql, detail::tx_mode::autocommit, stream_id,
-                            expected, events);
+                            expected, known, events);
+    if (r)
+      impl_->remember(stream_id, r->version);
     // In doubt: resend once on a fresh connection. The event ids make the resend idempotent, so
     // it either stores the events or reports the first attempt's positions.
     if (!r && r.error().code == errc::commit_in_doubt && attempt == 0) {
@@ -160,9 +184,12 @@ result<append_result> event_store::append(std::string_view stream_id, expected_v
 result<std::vector<recorded_event>> event_store::read_stream(std::string_view stream_id,
                                                              int64_t from_version,
                                                              std::size_t limit) {
-  return with_connection(impl_, [&](pg::connection& c) {
+  auto r = with_connection(impl_, [&](pg::connection& c) {
     return detail::read_stream(c, impl_->sql, stream_id, from_version, limit);
   });
+  if (r && !r->empty())
+    impl_->remember(stream_id, r->back().version);
+  return r;
 }
 
 result<int64_t> event_store::stream_version(std::string_view stream_id) {
@@ -246,8 +273,11 @@ result<append_result> transaction::append(std::string_view stream_id, expected_v
   auto& impl = *conn_->pool;
   if (auto ok = detail::check_append(stream_id, events, impl.options); !ok)
     return guard(result<append_result>{ok.error()});
+  // Committed versions the store knows of may skip the probe; this transaction's own appends are
+  // not remembered, since they may yet roll back.
+  const bool known = !expected.is_any() && impl.knows(stream_id, expected.value());
   return guard(detail::append(*conn_->conn, impl.sql, detail::tx_mode::in_transaction, stream_id,
-                              expected, events));
+                              expected, known, events));
 }
 
 result<std::vector<recorded_event>> transaction::read_stream(std::string_view stream_id,

@@ -132,6 +132,9 @@ result<rows> connection::query(const std::string& name, const std::string& sql,
   owned.reserve(params.size());
   std::vector<const char*> values(params.size(), nullptr);
   for (std::size_t i = 0; i < params.size(); ++i) {
+    // libpq reads text parameters up to the first NUL: a value with one would be cut silently.
+    if (params[i] && params[i]->find('\0') != std::string_view::npos)
+      return bad_input(fmt::format("parameter {} of {} contains a NUL byte", i + 1, name));
     if (params[i]) {
       owned.emplace_back(*params[i]);
       values[i] = owned.back().c_str();

@@ -1,6 +1,8 @@
 #include "session.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <cctype>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -16,8 +18,9 @@ namespace {
 
 constexpr std::size_t max_stream_id_bytes = 512;
 constexpr std::size_t max_type_bytes = 256;
-// An append of "any" expected version that loses a race re-reads the head and tries again.
-constexpr int max_any_retries = 16;
+// An append that may pick its version ("any" streams) and loses a race to a concurrent writer
+// re-reads the head and tries again until this deadline, then reports a timeout.
+constexpr auto race_deadline = std::chrono::seconds(10);
 
 constexpr std::string_view event_columns =
     "version, global_position, transaction_id, event_id, event_type, payload, metadata, "
@@ -172,14 +175,29 @@ result<std::optional<append_result>> find_previous_append(pg::connection& conn,
 statements::statements(std::string_view schema) {
   auto s = [&](std::string_view text) { return in_schema(text, schema); };
   const std::string cols{event_columns};
-  append_exact = s(R"sql(
+  // One event, scalar parameters: the common path (an aggregate saving one event) skips the
+  // cost of array parameters. $3 says the caller already knows version $2 is committed (events
+  // are never deleted), which saves the EXISTS probe that otherwise prevents holes.
+  append_one = s(R"sql(
+INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
+SELECT $1, $2::bigint + 1, $4::uuid, $5, $6::jsonb, $7::jsonb
+WHERE $3::bool OR $2::bigint = 0
+   OR EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint)
+RETURNING version, global_position)sql");
+  append_one_any = s(R"sql(
+INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
+SELECT $1, coalesce(max(version), 0) + 1, $2::uuid, $3, $4::jsonb, $5::jsonb
+FROM {s}.events WHERE stream_id = $1
+RETURNING version, global_position)sql");
+  append_many = s(R"sql(
 INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
 SELECT $1, $2::bigint + e.n, e.id, e.type, e.data, e.meta
-FROM unnest($3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[]) WITH ORDINALITY AS e(id, type, data, meta, n)
-WHERE $2::bigint = 0 OR EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint)
+FROM unnest($4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[]) WITH ORDINALITY AS e(id, type, data, meta, n)
+WHERE $3::bool OR $2::bigint = 0
+   OR EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint)
 ORDER BY e.n
 RETURNING version, global_position)sql");
-  append_any = s(R"sql(
+  append_many_any = s(R"sql(
 INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
 SELECT $1, h.v + e.n, e.id, e.type, e.data, e.meta
 FROM (SELECT coalesce(max(version), 0) AS v FROM {s}.events WHERE stream_id = $1) h,
@@ -276,6 +294,9 @@ result<void> check_append(std::string_view stream_id, std::vector<event_data>& e
     else if (!is_uuid(e.event_id))
       return bad_input(fmt::format("event id '{}' (event {}) is not a UUID",
                                    printable(e.event_id), i + 1));
+    else  // Postgres prints uuids in lower case; compare like it does
+      std::transform(e.event_id.begin(), e.event_id.end(), e.event_id.begin(),
+                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     if (!ids.insert(e.event_id).second)
       return bad_input(fmt::format("event id {} appears twice in one append", e.event_id));
   }
@@ -284,19 +305,35 @@ result<void> check_append(std::string_view stream_id, std::vector<event_data>& e
 
 result<append_result> append(pg::connection& conn, const statements& sql, tx_mode mode,
                              std::string_view stream_id, expected_version expected,
-                             const std::vector<event_data>& events) {
-  const std::string ids = array_literal(events, [](auto& e) -> std::string_view { return e.event_id; });
-  const std::string types = array_literal(events, [](auto& e) -> std::string_view { return e.type; });
-  const std::string data = array_literal(events, [](auto& e) -> std::string_view { return e.data; });
-  const std::string meta = array_literal(events, [](auto& e) -> std::string_view { return e.metadata; });
-  const std::string expected_text = std::to_string(expected.value());
+                             bool expected_known, const std::vector<event_data>& events) {
   const auto n = static_cast<int>(events.size());
+  const std::string ids = array_literal(events, [](auto& e) -> std::string_view { return e.event_id; });
+  const std::string expected_text = std::to_string(expected.value());
+  const std::string_view known = expected_known ? "true" : "false";
+  std::string types, data, meta;
+  if (n > 1) {
+    types = array_literal(events, [](auto& e) -> std::string_view { return e.type; });
+    data = array_literal(events, [](auto& e) -> std::string_view { return e.data; });
+    meta = array_literal(events, [](auto& e) -> std::string_view { return e.metadata; });
+  }
+  auto send = [&]() {
+    const auto& e = events.front();
+    if (n == 1 && expected.is_any())
+      return conn.query("mire_append_one_any", sql.append_one_any,
+                        {stream_id, e.event_id, e.type, e.data, e.metadata});
+    if (n == 1)
+      return conn.query("mire_append_one", sql.append_one,
+                        {stream_id, expected_text, known, e.event_id, e.type, e.data, e.metadata});
+    if (expected.is_any())
+      return conn.query("mire_append_many_any", sql.append_many_any,
+                        {stream_id, ids, types, data, meta});
+    return conn.query("mire_append_many", sql.append_many,
+                      {stream_id, expected_text, known, ids, types, data, meta});
+  };
 
-  for (int attempt = 0;; ++attempt) {
-    auto r = expected.is_any()
-                 ? conn.query("mire_append_any", sql.append_any, {stream_id, ids, types, data, meta})
-                 : conn.query("mire_append_exact", sql.append_exact,
-                              {stream_id, expected_text, ids, types, data, meta});
+  const auto deadline = std::chrono::steady_clock::now() + race_deadline;
+  for (;;) {
+    auto r = send();
     if (r && r->size() == n) {
       append_result out;
       out.first_position = r->int64(0, 1);
@@ -338,9 +375,14 @@ result<append_result> append(pg::connection& conn, const statements& sql, tx_mod
     auto actual = stream_version(conn, sql, stream_id);
     if (!actual)
       return actual.error();
-    if (expected.is_any() && mode == tx_mode::autocommit && attempt < max_any_retries)
-      continue;  // lost a race for the next version; the head moved, so try again
-    return conflict(std::string(stream_id), expected.is_any() ? -1 : expected.value(), *actual);
+    if (!expected.is_any() || mode == tx_mode::in_transaction)
+      return conflict(std::string(stream_id), expected.is_any() ? -1 : expected.value(), *actual);
+    // "any" lost a race for the next version: the winner has committed, so try again.
+    if (std::chrono::steady_clock::now() > deadline)
+      return error{errc::timeout,
+                   fmt::format("append to '{}' kept losing the race for the next version to "
+                               "concurrent writers for {} s",
+                               printable(stream_id), race_deadline.count())};
   }
 }
 
@@ -372,10 +414,20 @@ result<std::vector<recorded_event>> read_stream(pg::connection& conn, const stat
   return out;
 }
 
+result<void> check_category(std::string_view category) {
+  if (category.empty() || (category.size() <= max_stream_id_bytes && clean_text(category)))
+    return {};
+  return bad_input(fmt::format("category '{}' contains a control character or invalid UTF-8, or "
+                               "is over {} bytes",
+                               printable(category), max_stream_id_bytes));
+}
+
 result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoint after,
                           std::size_t limit, std::string_view category) {
   if (limit == 0)
     return bad_input("read limit must be at least 1");
+  if (auto ok = check_category(category); !ok)
+    return ok.error();
   const auto tx = std::to_string(after.transaction_id);
   const auto pos = std::to_string(after.position);
   const auto lim = std::to_string(std::min<std::size_t>(limit, INT64_MAX));
@@ -394,6 +446,8 @@ result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoin
 
 result<std::vector<stream_info>> streams(pg::connection& conn, const statements& sql,
                                          std::string_view category) {
+  if (auto ok = check_category(category); !ok)
+    return ok.error();
   auto r = category.empty() ? conn.query("mire_streams_all", sql.streams_all, {})
                             : conn.query("mire_streams_category", sql.streams_category, {category});
   if (!r)
@@ -494,7 +548,16 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
     return std::nullopt;
   };
 
-  for (int attempt = 0; attempt <= max_any_retries; ++attempt) {
+  // Rows go in stream-id order: two batches over the same streams then wait on each other's
+  // index entries in the same order instead of deadlocking.
+  std::vector<std::size_t> order(batch.size());
+  for (std::size_t i = 0; i < order.size(); ++i)
+    order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return batch[a].stream_id < batch[b].stream_id; });
+
+  const auto deadline = std::chrono::steady_clock::now() + race_deadline;
+  for (;;) {
     if (auto r = conn.exec("BEGIN"); !r)
       return r.error();
     // Heads read inside the transaction. A writer that slips in after this read makes the COPY
@@ -505,12 +568,13 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
       return heads.error();
     }
     batch_result out;
+    out.versions.resize(batch.size());
     std::string copy;
     bool stale = false;
-    for (std::size_t i = 0; i < batch.size() && !stale; ++i) {
+    for (std::size_t i : order) {
       const auto& s = batch[i];
       const int64_t head = heads->int64(static_cast<int>(i), 1);
-      stale = !s.expected.is_any() && head != s.expected.value();
+      stale = stale || (!s.expected.is_any() && head != s.expected.value());
       int64_t version = head;
       for (const auto& e : s.events) {
         pg::append_copy_field(copy, s.stream_id);
@@ -526,7 +590,7 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
         pg::append_copy_field(copy, e.metadata);
         copy += '\n';
       }
-      out.versions.push_back(version);
+      out.versions[i] = version;
       out.events += static_cast<int64_t>(s.events.size());
     }
     if (!stale) {
@@ -549,7 +613,10 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
         return out;
       }
       auto err = std::move(copied).error();
-      if (err.sqlstate != "23505") {
+      // A unique violation is a race or a retry; a deadlock or serialization failure (another
+      // writer holding rows of ours) is a race too. Anything else is final.
+      const bool race = err.sqlstate == "23505" || err.sqlstate == "40P01" || err.sqlstate == "40001";
+      if (!race) {
         (void)conn.exec("ROLLBACK");
         return with_context(std::move(err), "batched append");
       }
@@ -557,9 +624,11 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
     (void)conn.exec("ROLLBACK");
     if (auto decided = after_failure())
       return std::move(*decided);
+    if (std::chrono::steady_clock::now() > deadline)
+      return error{errc::timeout, fmt::format("batched append kept losing races with concurrent "
+                                              "writers for {} s",
+                                              race_deadline.count())};
   }
-  return error{errc::version_conflict,
-               "batched append kept losing races with concurrent writers; gave up after retries"};
 }
 
 } // namespace mire::detail

@@ -15,7 +15,7 @@ namespace mire::detail {
 /// Statement texts for one schema, built once per store.
 struct statements {
   explicit statements(std::string_view schema);
-  std::string append_exact, append_any, find_event_ids, stream_version, read_stream, read_all,
+  std::string append_one, append_one_any, append_many, append_many_any, find_event_ids, stream_version, read_stream, read_all,
       read_category, streams_all, streams_category, load_snapshot, save_snapshot, batch_heads,
       batch_copy, batch_positions;
 };
@@ -24,13 +24,16 @@ struct statements {
 result<void> check_append(std::string_view stream_id, std::vector<event_data>& events,
                           const store_options& options);
 result<void> check_stream_id(std::string_view stream_id);
+result<void> check_category(std::string_view category);
 
 /// Whether a failed write left the transaction's outcome unknown (the connection broke).
 enum class tx_mode { autocommit, in_transaction };
 
+/// `expected_known`: the caller knows version `expected` is committed (it wrote or read it), so
+/// the probe that prevents holes can be skipped.
 result<append_result> append(pg::connection& conn, const statements& sql, tx_mode mode,
                              std::string_view stream_id, expected_version expected,
-                             const std::vector<event_data>& events);
+                             bool expected_known, const std::vector<event_data>& events);
 result<std::vector<recorded_event>> read_stream(pg::connection& conn, const statements& sql,
                                                 std::string_view stream_id, int64_t from_version,
                                                 std::size_t limit);

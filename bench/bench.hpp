@@ -1,0 +1,18 @@
+// Benchmarks run by `mire bench NAME`: each figure printed beside a raw-libpq baseline measured on
+// the same server in the same run, as a ratio (machines are shared and noisy; ratios travel).
+#pragma once
+
+#include <string>
+
+namespace mire::bench {
+
+struct options {
+  std::string url;     ///< database to benchmark on (the caller starts an embedded one if needed)
+  bool json = false;   ///< one JSON object per figure instead of a table
+  double scale = 1.0;  ///< multiplies the workload sizes (the tests run a tiny scale)
+};
+
+/// `mire bench store`. Returns a process exit code.
+int run_store(const options& o);
+
+} // namespace mire::bench

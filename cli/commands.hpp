@@ -1,0 +1,28 @@
+// The `mire` commands. Each one is a small main(): it reads its arguments, does its work and
+// returns the process exit code, printing its own output and errors through the context.
+#pragma once
+
+#include "args.hpp"
+#include "context.hpp"
+
+namespace mire::cli {
+
+/// `mire db start|stop|status|url`
+int run_db(const context& ctx, const command_line& cl);
+/// `mire migrate`
+int run_migrate(const context& ctx, const command_line& cl);
+/// `mire append STREAM --type TYPE --data JSON [--metadata JSON] [--expected-version V]
+/// [--event-id UUID]`
+int run_append(const context& ctx, const command_line& cl);
+/// `mire read STREAM [--from VERSION]`
+int run_read(const context& ctx, const command_line& cl);
+/// `mire read-all [--after CHECKPOINT] [--category CAT] [--limit N]`
+int run_read_all(const context& ctx, const command_line& cl);
+/// `mire streams [--category CAT]`
+int run_streams(const context& ctx, const command_line& cl);
+/// `mire bench store [--scale X]`
+int run_bench(const context& ctx, const command_line& cl);
+/// `mire demo` (demo.cpp)
+int run_demo(const context& ctx, const command_line& cl);
+
+} // namespace mire::cli

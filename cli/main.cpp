@@ -1,0 +1,170 @@
+// The `mire` command: parses the line, picks the command, maps every error to an exit code.
+// Its output is a contract (DESIGN.md, "The mire command"): scripts and tests read it, so it is
+// documented in full in the help text below and changed only together with that text.
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "args.hpp"
+#include "commands.hpp"
+#include "context.hpp"
+
+#ifndef MIRE_VERSION
+#error "MIRE_VERSION must be defined by the build"
+#endif
+
+namespace {
+
+using namespace mire::cli;
+
+constexpr std::string_view help_text = R"(mire: an event store on PostgreSQL
+
+usage: mire [--db URL] [--schema NAME] [--json] COMMAND [ARGS...]
+
+Without --db (or MIRE_DATABASE_URL) mire uses its embedded PostgreSQL, kept under
+MIRE_HOME (default ./.mire) and started on demand by any command that needs it.
+Global options may also follow the command. Every command that reads or writes events
+first applies pending migrations.
+
+commands:
+  db start|stop|status|url   manage the embedded database (start, stop, status);
+                             url prints the URL mire connects to (psql accepts it),
+                             starting the embedded database if needed
+  migrate                    apply pending schema migrations
+  append STREAM --type TYPE --data JSON [--metadata JSON]
+         [--expected-version N|any|no-stream] [--event-id UUID]
+                             append one event; the default expected version is any;
+                             repeating an --event-id stores nothing twice
+  read STREAM [--from VERSION]
+                             the events of one stream, from VERSION (default 1)
+  read-all [--after CHECKPOINT] [--category CAT] [--limit N]
+                             the global log (or one category) after CHECKPOINT, in
+                             an order no reader can skip an event through; pass the
+                             last event's checkpoint back as --after to continue
+  streams [--category CAT]   the streams and their versions
+  demo                       the quickstart: a bank account, load -> record -> save
+  bench store [--scale X]    benchmark the store against raw libpq (in a schema of
+                             its own; --scale multiplies the workload sizes)
+  help, --help               this text
+  --version                  the version of mire
+
+options:
+  --db URL       libpq URL or "key=value" string of the database (else MIRE_DATABASE_URL)
+  --schema NAME  Postgres schema of mire's tables (default mire)
+  --json         print JSON, one object per line
+  --             ends the options: what follows is positional (a stream id "--x")
+
+output (text):
+  append      version V position P           (P: global position; " duplicate" is
+                                              added when the event id was stored before)
+  read, read-all
+              POSITION<TAB>STREAM<TAB>VERSION<TAB>TYPE<TAB>DATA, one line per event
+  streams     STREAM<TAB>VERSION<TAB>LAST_POSITION
+  migrate     applied N migrations
+  db start, db status
+              lines "running: yes|no", "initialized: yes|no", "pid: N" (when
+              running), "data_dir: DIR", "url: URL"
+  db stop     stopped
+  db url      the URL
+
+output (--json, one object per line):
+  append      {"stream_id", "version", "global_position", "duplicate"}
+  read, read-all
+              {"stream_id", "version", "type", "data", "metadata", "event_id",
+               "global_position", "recorded_at", "checkpoint"}; data and metadata are
+              JSON values; checkpoint is what --after takes
+  streams     {"stream_id", "version", "last_position"}
+  migrate     {"applied"}
+  db start, db status
+              {"running", "initialized", "pid", "data_dir", "socket_dir", "url"}
+  db stop     {"running": false}
+  db url      {"url"}
+  errors      {"error": CODE, "message": TEXT} on stdout; a version_conflict also has
+              "stream_id", "expected" and "actual" (-1 means any)
+
+errors: one line "mire: CODE: MESSAGE" on stderr (without --json).
+
+exit codes:
+  0  ok
+  1  other failure
+  2  usage error or bad input (the message names the bad value)
+  3  concurrency conflict: the stream was not at the expected version
+  4  database unavailable
+
+environment:
+  MIRE_DATABASE_URL  database to use when --db is not given
+  MIRE_HOME          home of the embedded database (default ./.mire)
+)";
+
+int run_help(const context&, const command_line&) {
+  fmt::print("{}", help_text);
+  return 0;
+}
+
+struct command {
+  std::string_view name;
+  std::vector<option_spec> options; ///< besides the global ones
+  int (*run)(const context&, const command_line&);
+};
+
+const std::vector<command>& commands() {
+  static const std::vector<command> table{
+      {"db", {}, run_db},
+      {"migrate", {}, run_migrate},
+      {"append",
+       {{"type", true},
+        {"data", true},
+        {"metadata", true},
+        {"expected-version", true},
+        {"event-id", true}},
+       run_append},
+      {"read", {{"from", true}}, run_read},
+      {"read-all", {{"after", true}, {"category", true}, {"limit", true}}, run_read_all},
+      {"streams", {{"category", true}}, run_streams},
+      {"demo", {}, run_demo},
+      {"bench", {{"scale", true}}, run_bench},
+      {"help", {}, run_help},
+  };
+  return table;
+}
+
+const command* find_command(std::string_view name) {
+  for (const auto& c : commands())
+    if (c.name == name)
+      return &c;
+  return nullptr;
+}
+
+// Whether a usage error should be printed as JSON: the line did not parse, so this is a guess
+// from the raw words.
+bool wants_json(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::string_view(argv[i]) == "--json")
+      return true;
+  return false;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  auto cl = parse_command_line(argc, argv, [](std::string_view name) {
+    const auto* c = find_command(name);
+    return c ? &c->options : nullptr;
+  });
+  if (!cl)
+    return report(cl.error(), wants_json(argc, argv));
+  auto ctx = context::from(*cl);
+  if (!ctx)
+    return report(ctx.error(), cl->has("json"));
+
+  if (cl->has("help"))
+    return run_help(*ctx, *cl);
+  if (cl->has("version")) {
+    fmt::print("mire {}\n", MIRE_VERSION);
+    return 0;
+  }
+  if (cl->command.empty())
+    return ctx->fail(mire::bad_input("no command given (see 'mire help')"));
+  return find_command(cl->command)->run(*ctx, *cl);
+}
