@@ -78,7 +78,7 @@ int run_demo(const context& ctx, const command_line& cl) {
   const bool text = !ctx.json_output();
   repository<account> accounts{*store};
   // A fresh stream per run, so the demo can be run again and again on the same database.
-  const std::string id = "account-" + new_uuid().substr(0, 8);
+  const std::string id = "account-" + new_uuid().substr(24);
 
   if (text) {
     fmt::print("mire demo: a bank account kept as a stream of events\n");

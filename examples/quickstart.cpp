@@ -48,7 +48,7 @@ struct account {
 int main() {
   auto store = example::open_store();
   mire::repository<account> accounts{store};
-  const std::string id = "account-" + mire::new_uuid().substr(0, 8);
+  const std::string id = "account-" + mire::new_uuid().substr(24);
 
   auto acc = accounts.load(id).value();  // a new stream: version 0
   acc.record(opened{"Ada"});

@@ -231,6 +231,18 @@ result<batch_result> event_store::append_batch(std::vector<stream_append> batch)
   });
 }
 
+result<std::vector<result<append_result>>> event_store::append_group(
+    std::vector<stream_append> group) {
+  auto r = with_connection(impl_, [&](pg::connection& c) {
+    return detail::append_group(c, impl_->sql, group, impl_->options);
+  });
+  if (r)
+    for (std::size_t i = 0; i < group.size(); ++i)
+      if ((*r)[i])
+        impl_->remember(group[i].stream_id, (*r)[i]->version);
+  return r;
+}
+
 result<transaction> event_store::begin() {
   auto c = impl_->acquire();
   if (!c)

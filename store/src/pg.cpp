@@ -145,16 +145,21 @@ result<rows> connection::query(const std::string& name, const std::string& sql,
                 name);
 }
 
-result<rows> connection::copy_in(const std::string& sql, std::string_view data) {
+result<void> connection::copy_begin(const std::string& sql) {
+  copy_failed_ = false;
   auto start = finish(PQexec(conn_, sql.c_str()), "copy");
   if (!start)
-    return start;
-  constexpr std::size_t chunk = 64 * 1024;
-  for (std::size_t off = 0; off < data.size(); off += chunk) {
-    const auto n = std::min(chunk, data.size() - off);
-    if (PQputCopyData(conn_, data.data() + off, static_cast<int>(n)) != 1)
-      break;  // the error surfaces through PQgetResult below
-  }
+    return start.error();
+  return {};
+}
+
+void connection::copy_put(std::string_view data) {
+  // After a failed put the server has given up on the copy; its error comes from copy_end.
+  if (!copy_failed_ && PQputCopyData(conn_, data.data(), static_cast<int>(data.size())) != 1)
+    copy_failed_ = true;
+}
+
+result<rows> connection::copy_end() {
   PQputCopyEnd(conn_, nullptr);
   PGresult* last = nullptr;
   while (PGresult* r = PQgetResult(conn_)) {

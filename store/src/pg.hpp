@@ -66,8 +66,11 @@ public:
   const std::string& last_constraint() const { return last_constraint_; }
   bool last_failure_lost_connection() const { return last_lost_; }
 
-  /// COPY ... FROM STDIN: starts the copy, sends `data` in chunks, ends it.
-  result<rows> copy_in(const std::string& sql, std::string_view data);
+  /// COPY ... FROM STDIN in three steps, so rows can be sent while later ones are still being
+  /// formatted: copy_begin, copy_put (any number), copy_end (which reports the outcome).
+  result<void> copy_begin(const std::string& sql);
+  void copy_put(std::string_view data);
+  result<rows> copy_end();
 
   bool healthy() const { return PQstatus(conn_) == CONNECTION_OK; }
   /// In a transaction block (open or failed)?
@@ -81,6 +84,7 @@ private:
   std::unordered_set<std::string> prepared_;
   std::string last_constraint_;
   bool last_lost_ = false;
+  bool copy_failed_ = false;
 };
 
 /// Quotes an identifier for SQL text ("a""b"). Only used for validated schema names.

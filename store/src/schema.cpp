@@ -60,6 +60,55 @@ CREATE TABLE {s}.checkpoints (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
+    migration{2, "group commit", R"sql(
+-- Appends to several streams in one transaction, each in its own subtransaction so that one
+-- stale expectation fails only its own append. Same rules as the single append: numbered from
+-- the expected version, no holes (EXISTS), unique keys catch races and repeated event ids.
+-- Per append: 'ok' with the new version and positions, 'conflict' with the actual version when
+-- the stream is behind the expectation, 'unique' when a unique key fired (a lost race or a
+-- repeated append: the caller sorts out which).
+CREATE FUNCTION {s}.append_group(p_streams text[], p_expected bigint[], p_counts int[],
+                                 p_ids uuid[], p_types text[], p_data jsonb[], p_meta jsonb[])
+RETURNS TABLE (r_outcome text, r_version bigint, r_first bigint, r_last bigint, r_actual bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  i int;
+  n int;
+  head bigint;
+  off int := 0;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+    n := p_counts[i];
+    r_outcome := 'ok'; r_version := NULL; r_first := NULL; r_last := NULL; r_actual := NULL;
+    BEGIN
+      IF p_expected[i] < 0 THEN
+        SELECT coalesce(max(e.version), 0) INTO head FROM {s}.events e WHERE e.stream_id = p_streams[i];
+      ELSIF p_expected[i] = 0 OR EXISTS (SELECT 1 FROM {s}.events e
+                                          WHERE e.stream_id = p_streams[i] AND e.version = p_expected[i]) THEN
+        head := p_expected[i];
+      ELSE
+        head := NULL;
+        r_outcome := 'conflict';
+        SELECT coalesce(max(e.version), 0) INTO r_actual FROM {s}.events e WHERE e.stream_id = p_streams[i];
+      END IF;
+      IF head IS NOT NULL THEN
+        WITH ins AS (
+          INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
+          SELECT p_streams[i], head + k, p_ids[off + k], p_types[off + k], p_data[off + k], p_meta[off + k]
+          FROM generate_series(1, n) AS k ORDER BY k
+          RETURNING global_position)
+        SELECT min(global_position), max(global_position) INTO r_first, r_last FROM ins;
+        r_version := head + n;
+      END IF;
+    EXCEPTION WHEN unique_violation THEN
+      r_outcome := 'unique';
+    END;
+    off := off + n;
+    RETURN NEXT;
+  END LOOP;
+END
+$fn$;
+)sql"},
 };
 
 } // namespace

@@ -236,6 +236,9 @@ WHERE {s}.snapshots.version <= excluded.version
                   "WHERE stream_id = s.id) FROM unnest($1::text[]) AS s(id)");
   batch_copy = s("COPY {s}.events (stream_id, version, event_id, event_type, payload, metadata) "
                  "FROM STDIN");
+  append_group = s("SELECT r_outcome, r_version, r_first, r_last, r_actual FROM "
+                   "{s}.append_group($1::text[], $2::bigint[], $3::int[], $4::uuid[], $5::text[], "
+                   "$6::jsonb[], $7::jsonb[])");
   batch_positions = s("SELECT coalesce(min(global_position), 0), coalesce(max(global_position), 0) "
                       "FROM {s}.events WHERE transaction_id = pg_current_xact_id()");
 }
@@ -569,32 +572,46 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
     }
     batch_result out;
     out.versions.resize(batch.size());
-    std::string copy;
     bool stale = false;
-    for (std::size_t i : order) {
-      const auto& s = batch[i];
-      const int64_t head = heads->int64(static_cast<int>(i), 1);
-      stale = stale || (!s.expected.is_any() && head != s.expected.value());
-      int64_t version = head;
-      for (const auto& e : s.events) {
-        pg::append_copy_field(copy, s.stream_id);
-        copy += '\t';
-        copy += std::to_string(++version);
-        copy += '\t';
-        copy += e.event_id;
-        copy += '\t';
-        pg::append_copy_field(copy, e.type);
-        copy += '\t';
-        pg::append_copy_field(copy, e.data);
-        copy += '\t';
-        pg::append_copy_field(copy, e.metadata);
-        copy += '\n';
-      }
-      out.versions[i] = version;
-      out.events += static_cast<int64_t>(s.events.size());
-    }
+    for (std::size_t i = 0; i < batch.size() && !stale; ++i)
+      stale = !batch[i].expected.is_any() &&
+              heads->int64(static_cast<int>(i), 1) != batch[i].expected.value();
     if (!stale) {
-      auto copied = conn.copy_in(sql.batch_copy, copy);
+      if (auto started = conn.copy_begin(sql.batch_copy); !started) {
+        (void)conn.exec("ROLLBACK");
+        return started.error();
+      }
+      // Rows go out in 64 KiB chunks while the next ones are formatted: the server parses and
+      // indexes while the client is still writing.
+      constexpr std::size_t chunk = 64 * 1024;
+      std::string copy;
+      copy.reserve(chunk + 4096);
+      for (std::size_t i : order) {
+        const auto& s = batch[i];
+        int64_t version = heads->int64(static_cast<int>(i), 1);
+        for (const auto& e : s.events) {
+          pg::append_copy_field(copy, s.stream_id);
+          copy += '\t';
+          copy += std::to_string(++version);
+          copy += '\t';
+          copy += e.event_id;
+          copy += '\t';
+          pg::append_copy_field(copy, e.type);
+          copy += '\t';
+          pg::append_copy_field(copy, e.data);
+          copy += '\t';
+          pg::append_copy_field(copy, e.metadata);
+          copy += '\n';
+          if (copy.size() >= chunk) {
+            conn.copy_put(copy);
+            copy.clear();
+          }
+        }
+        out.versions[i] = version;
+        out.events += static_cast<int64_t>(s.events.size());
+      }
+      conn.copy_put(copy);
+      auto copied = conn.copy_end();
       if (copied) {
         auto pos = conn.query("mire_batch_positions", sql.batch_positions, {});
         if (!pos) {
@@ -629,6 +646,66 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
                                               "writers for {} s",
                                               race_deadline.count())};
   }
+}
+
+result<std::vector<result<append_result>>> append_group(pg::connection& conn,
+                                                       const statements& sql,
+                                                       std::vector<stream_append>& group,
+                                                       const store_options& options) {
+  std::unordered_set<std::string_view> seen;
+  std::vector<event_data> all;
+  std::string streams = "{", expected = "{", counts = "{";
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    auto& a = group[i];
+    if (auto ok = check_append(a.stream_id, a.events, options); !ok)
+      return ok.error();
+    if (!seen.insert(a.stream_id).second)
+      return bad_input(fmt::format("stream '{}' appears twice in one group", printable(a.stream_id)));
+    const char* sep = i ? "," : "";
+    streams += sep;
+    pg::append_array_element(streams, a.stream_id);
+    expected += fmt::format("{}{}", sep, a.expected.value());
+    counts += fmt::format("{}{}", sep, a.events.size());
+    all.insert(all.end(), a.events.begin(), a.events.end());
+  }
+  streams += '}';
+  expected += '}';
+  counts += '}';
+  std::vector<result<append_result>> out;
+  if (group.empty())
+    return out;
+  auto r = conn.query(
+      "mire_append_group", sql.append_group,
+      {streams, expected, counts,
+       array_literal(all, [](auto& e) -> std::string_view { return e.event_id; }),
+       array_literal(all, [](auto& e) -> std::string_view { return e.type; }),
+       array_literal(all, [](auto& e) -> std::string_view { return e.data; }),
+       array_literal(all, [](auto& e) -> std::string_view { return e.metadata; })});
+  if (!r) {
+    auto err = std::move(r).error();
+    if (conn.last_failure_lost_connection()) {
+      err.code = errc::commit_in_doubt;
+      err.message = "the connection broke during a group commit; it may have committed: resend "
+                    "the same appends (their event ids make that safe): " + err.message;
+    }
+    return with_context(std::move(err), "group commit");
+  }
+  out.reserve(group.size());
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    const int row = static_cast<int>(i);
+    const auto outcome = r->text(row, 0);
+    const auto& a = group[i];
+    if (outcome == "ok") {
+      out.push_back(append_result{r->int64(row, 1), r->int64(row, 2), r->int64(row, 3), false});
+    } else if (outcome == "conflict") {
+      out.push_back(conflict(a.stream_id, a.expected.value(), r->int64(row, 4)));
+    } else {
+      // A unique key fired: a repeated append or a lost race. The single-append path already
+      // tells these apart (and retries "any"), so let it decide, alone, now the group is done.
+      out.push_back(append(conn, sql, tx_mode::autocommit, a.stream_id, a.expected, false, a.events));
+    }
+  }
+  return out;
 }
 
 } // namespace mire::detail

@@ -17,7 +17,7 @@ struct statements {
   explicit statements(std::string_view schema);
   std::string append_one, append_one_any, append_many, append_many_any, find_event_ids, stream_version, read_stream, read_all,
       read_category, streams_all, streams_category, load_snapshot, save_snapshot, batch_heads,
-      batch_copy, batch_positions;
+      batch_copy, batch_positions, append_group;
 };
 
 /// Checks an append's arguments (DESIGN rule 10) and fills in missing event ids.
@@ -49,6 +49,11 @@ result<void> save_snapshot(pg::connection& conn, const statements& sql, const sn
                            const store_options& options);
 result<batch_result> append_batch(pg::connection& conn, const statements& sql,
                                   std::vector<stream_append>& batch, const store_options& options);
+
+result<std::vector<result<append_result>>> append_group(pg::connection& conn,
+                                                       const statements& sql,
+                                                       std::vector<stream_append>& group,
+                                                       const store_options& options);
 
 /// A value for an error message: control bytes and invalid UTF-8 escaped, long values cut.
 std::string printable(std::string_view value);

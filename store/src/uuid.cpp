@@ -1,5 +1,6 @@
 #include "mire/store/uuid.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <random>
 
@@ -12,9 +13,13 @@ std::string new_uuid() {
     std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
     return std::mt19937_64{seq};
   }()};
-  uint64_t hi = gen(), lo = gen();
-  hi = (hi & ~0xF000ull) | 0x4000ull;                         // version 4
-  lo = (lo & ~(0xC000ull << 48)) | (0x8000ull << 48);         // RFC 4122 variant
+  // Version 7: the millisecond clock first, so ids of events written together sit together in
+  // the unique index instead of landing on random pages (measurably cheaper bulk inserts).
+  const auto ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                            std::chrono::system_clock::now().time_since_epoch())
+                                            .count());
+  uint64_t hi = (ms << 16) | (gen() & 0x0FFFull) | 0x7000ull;
+  uint64_t lo = (gen() & ~(0xC000ull << 48)) | (0x8000ull << 48);  // RFC 9562 variant
   static constexpr char hex[] = "0123456789abcdef";
   std::string out(36, '-');
   int pos = 0;

@@ -22,11 +22,12 @@ TEST_CASE("checkpoints round-trip through their text form and order like the log
   CHECK_FALSE(mire::checkpoint::parse("a:b"));
 }
 
-TEST_CASE("new uuids are well formed, version 4 and distinct") {
+TEST_CASE("new uuids are well formed, version 7, distinct and time-ordered") {
   auto a = mire::new_uuid(), b = mire::new_uuid();
   CHECK(mire::is_uuid(a));
   CHECK(a != b);
-  CHECK(a[14] == '4');
+  CHECK(a[14] == '7');
+  CHECK(a.substr(0, 8) <= b.substr(0, 8));  // the leading bits are the millisecond clock
   CHECK_FALSE(mire::is_uuid("not-a-uuid"));
 }
 

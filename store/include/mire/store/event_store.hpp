@@ -75,6 +75,13 @@ public:
   /// expected version is checked; any conflict stores nothing of the batch.
   result<batch_result> append_batch(std::vector<stream_append> batch);
 
+  /// Group commit: appends to several different streams in ONE transaction and one round trip,
+  /// each append with its own expected version and its own outcome — a stale expectation fails
+  /// only that append (version_conflict), never its neighbours. The outer error is for the
+  /// group as a whole (unavailable, commit_in_doubt, bad_input for a malformed group: the same
+  /// stream twice). Inner results are in request order.
+  result<std::vector<result<append_result>>> append_group(std::vector<stream_append> group);
+
   /// Opens a transaction scope (DESIGN rule 6). Prefer transact().
   result<transaction> begin();
 

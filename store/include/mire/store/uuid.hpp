@@ -1,4 +1,4 @@
-// Random (version 4) UUIDs for event ids, and a validity check for ids given by callers.
+// Time-ordered random (version 7) UUIDs for event ids, and a validity check for ids given by callers.
 #pragma once
 
 #include <string>
@@ -6,7 +6,7 @@
 
 namespace mire {
 
-/// A fresh random UUID in canonical lower-case form, e.g. "1b4e28ba-2fa1-41d2-883f-0016d3cca427".
+/// A fresh version 7 UUID (millisecond time + 74 random bits), canonical lower-case form.
 std::string new_uuid();
 
 /// True when `text` is a UUID in canonical 8-4-4-4-12 hexadecimal form.

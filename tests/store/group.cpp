@@ -1,0 +1,128 @@
+// Group commit (event_store::append_group): several streams in one transaction, each append with
+// its own expected version and its own outcome.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "mire/store/event_store.hpp"
+#include "mire/store/uuid.hpp"
+#include "support/pg_harness.hpp"
+
+namespace {
+
+using mire::errc;
+using mire::event_data;
+using mire::expected_version;
+using mire::stream_append;
+
+event_data one(int i, std::string id = mire::new_uuid()) {
+  return event_data{"group.event", fmt::format(R"({{"i": {}}})", i), "{}", std::move(id)};
+}
+
+} // namespace
+
+TEST_SUITE("pg") {
+
+TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                  "a stale expectation in a group fails only its own append") {
+  REQUIRE(store.append("g-stale", expected_version::no_stream(), {one(0), one(1)}));
+  REQUIRE(store.append("g-good", expected_version::no_stream(), {one(0)}));
+
+  std::vector<stream_append> group{
+      {"g-new", expected_version::no_stream(), {one(1), one(2)}},
+      {"g-stale", expected_version::exactly(1), {one(3)}},       // stream is at 2
+      {"g-good", expected_version::exactly(1), {one(4)}},
+      {"g-ahead", expected_version::exactly(5), {one(5)}},       // stream does not exist
+      {"g-any", expected_version::any(), {one(6)}},
+  };
+  auto r = store.append_group(group);
+  REQUIRE_MESSAGE(r, r.error().what());
+  REQUIRE(r->size() == 5);
+  CHECK((*r)[0]->version == 2);
+  REQUIRE_FALSE((*r)[1]);
+  CHECK((*r)[1].error().code == errc::version_conflict);
+  CHECK((*r)[1].error().expected == 1);
+  CHECK((*r)[1].error().actual == 2);
+  CHECK((*r)[2]->version == 2);
+  REQUIRE_FALSE((*r)[3]);
+  CHECK((*r)[3].error().actual == 0);
+  CHECK((*r)[4]->version == 1);
+
+  CHECK(store.stream_version("g-new").value() == 2);
+  CHECK(store.stream_version("g-stale").value() == 2);  // nothing of the stale append stored
+  CHECK(store.stream_version("g-good").value() == 2);
+  CHECK(store.stream_version("g-ahead").value() == 0);
+  // The successful appends of the group share one transaction.
+  auto first = store.read_stream("g-new").value();
+  auto any = store.read_stream("g-any").value();
+  auto good = store.read_stream("g-good", 2).value();
+  CHECK(first.front().transaction_id == any.front().transaction_id);
+  CHECK(good.front().transaction_id == any.front().transaction_id);
+}
+
+TEST_CASE_FIXTURE(mire::test::pg_fixture, "a resent group reports the original appends") {
+  std::vector<stream_append> group{{"r-1", expected_version::no_stream(), {one(1)}},
+                                   {"r-2", expected_version::any(), {one(2), one(3)}}};
+  auto first = store.append_group(group);
+  REQUIRE(first);
+  auto again = store.append_group(group);
+  REQUIRE(again);
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    REQUIRE((*again)[i]);
+    CHECK((*again)[i]->duplicate);
+    CHECK((*again)[i]->first_position == (*first)[i]->first_position);
+    CHECK((*again)[i]->version == (*first)[i]->version);
+  }
+  CHECK(store.stream_version("r-2").value() == 2);
+}
+
+TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                  "groups racing single writers on the same streams keep versions dense") {
+  constexpr int streams = 10, rounds = 60;
+  std::atomic<int> group_ok{0}, single_ok{0};
+  std::thread single([&] {
+    for (int r = 0; r < rounds; ++r)
+      for (int s = 0; s < streams; ++s)
+        if (store.append(fmt::format("race-{}", s), expected_version::any(), {one(r)}))
+          ++single_ok;
+  });
+  std::thread grouped([&] {
+    for (int r = 0; r < rounds; ++r) {
+      std::vector<stream_append> group;
+      for (int s = 0; s < streams; ++s)
+        group.push_back({fmt::format("race-{}", s), expected_version::any(), {one(r)}});
+      auto res = store.append_group(group);
+      REQUIRE_MESSAGE(res, res.error().what());
+      for (auto& one_result : *res) {
+        REQUIRE_MESSAGE(one_result, one_result.error().what());
+        ++group_ok;
+      }
+    }
+  });
+  single.join();
+  grouped.join();
+  CHECK(group_ok == streams * rounds);
+  CHECK(single_ok == streams * rounds);
+  for (int s = 0; s < streams; ++s) {
+    auto events = store.read_stream(fmt::format("race-{}", s)).value();
+    REQUIRE(events.size() == 2 * rounds);
+    for (std::size_t i = 0; i < events.size(); ++i)
+      CHECK(events[i].version == static_cast<int64_t>(i + 1));
+  }
+}
+
+TEST_CASE_FIXTURE(mire::test::pg_fixture, "a group naming one stream twice is bad input") {
+  auto r = store.append_group({{"twice-1", expected_version::any(), {one(1)}},
+                               {"twice-1", expected_version::any(), {one(2)}}});
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::bad_input);
+  CHECK(r.error().message.find("twice-1") != std::string::npos);
+  CHECK(store.stream_version("twice-1").value() == 0);
+}
+
+} // TEST_SUITE
