@@ -346,7 +346,10 @@ result<void> start_server(const cluster_layout& l, const server_user& user,
                           const embedded_options& o) {
   // pg_ctl passes this string to /bin/sh; the socket dir is plain(), so nothing needs quoting.
   auto settings = fmt::format(
-      "-k {} -p {} -c listen_addresses={} -c max_connections=200 -c shared_buffers=128MB",
+      // Bulk ingest writes WAL in large bursts: room for a 10,000-event COPY in the WAL buffers,
+      // and no forced checkpoint in the middle of an ingest.
+      "-k {} -p {} -c listen_addresses={} -c max_connections=200 -c shared_buffers=128MB "
+      "-c wal_buffers=32MB -c max_wal_size=4GB",
       l.socket.string(), o.port, o.tcp ? "127.0.0.1" : "''");
   if (!o.fsync)
     settings += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off";

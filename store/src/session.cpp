@@ -176,13 +176,16 @@ statements::statements(std::string_view schema) {
   auto s = [&](std::string_view text) { return in_schema(text, schema); };
   const std::string cols{event_columns};
   // One event, scalar parameters: the common path (an aggregate saving one event) skips the
-  // cost of array parameters. $3 says the caller already knows version $2 is committed (events
-  // are never deleted), which saves the EXISTS probe that otherwise prevents holes.
+  // cost of array parameters. The EXISTS probe keeps a stream from getting a hole; when version
+  // $2 is known to be committed (events are never deleted) or is 0, the plain VALUES form does.
   append_one = s(R"sql(
 INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
-SELECT $1, $2::bigint + 1, $4::uuid, $5, $6::jsonb, $7::jsonb
-WHERE $3::bool OR $2::bigint = 0
-   OR EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint)
+SELECT $1, $2::bigint + 1, $3::uuid, $4, $5::jsonb, $6::jsonb
+WHERE EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint)
+RETURNING version, global_position)sql");
+  append_one_known = s(R"sql(
+INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
+VALUES ($1, $2::bigint + 1, $3::uuid, $4, $5::jsonb, $6::jsonb)
 RETURNING version, global_position)sql");
   append_one_any = s(R"sql(
 INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
@@ -300,7 +303,7 @@ result<void> check_append(std::string_view stream_id, std::vector<event_data>& e
     else  // Postgres prints uuids in lower case; compare like it does
       std::transform(e.event_id.begin(), e.event_id.end(), e.event_id.begin(),
                      [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    if (!ids.insert(e.event_id).second)
+    if (events.size() > 1 && !ids.insert(e.event_id).second)
       return bad_input(fmt::format("event id {} appears twice in one append", e.event_id));
   }
   return {};
@@ -310,7 +313,14 @@ result<append_result> append(pg::connection& conn, const statements& sql, tx_mod
                              std::string_view stream_id, expected_version expected,
                              bool expected_known, const std::vector<event_data>& events) {
   const auto n = static_cast<int>(events.size());
-  const std::string ids = array_literal(events, [](auto& e) -> std::string_view { return e.event_id; });
+  // The id array is needed to send several events, and to look for a previous append after a
+  // failure; a single successful event never builds it.
+  std::string ids;
+  auto id_array = [&]() -> const std::string& {
+    if (ids.empty())
+      ids = array_literal(events, [](auto& e) -> std::string_view { return e.event_id; });
+    return ids;
+  };
   const std::string expected_text = std::to_string(expected.value());
   const std::string_view known = expected_known ? "true" : "false";
   std::string types, data, meta;
@@ -324,14 +334,17 @@ result<append_result> append(pg::connection& conn, const statements& sql, tx_mod
     if (n == 1 && expected.is_any())
       return conn.query("mire_append_one_any", sql.append_one_any,
                         {stream_id, e.event_id, e.type, e.data, e.metadata});
+    if (n == 1 && (expected_known || expected.value() == 0))
+      return conn.query("mire_append_one_known", sql.append_one_known,
+                        {stream_id, expected_text, e.event_id, e.type, e.data, e.metadata});
     if (n == 1)
       return conn.query("mire_append_one", sql.append_one,
-                        {stream_id, expected_text, known, e.event_id, e.type, e.data, e.metadata});
+                        {stream_id, expected_text, e.event_id, e.type, e.data, e.metadata});
     if (expected.is_any())
       return conn.query("mire_append_many_any", sql.append_many_any,
-                        {stream_id, ids, types, data, meta});
+                        {stream_id, id_array(), types, data, meta});
     return conn.query("mire_append_many", sql.append_many,
-                      {stream_id, expected_text, known, ids, types, data, meta});
+                      {stream_id, expected_text, known, id_array(), types, data, meta});
   };
 
   const auto deadline = std::chrono::steady_clock::now() + race_deadline;
@@ -354,7 +367,7 @@ result<append_result> append(pg::connection& conn, const statements& sql, tx_mod
         err.message = fmt::format(
             "the connection broke while appending to '{}'; the append may have committed: retry "
             "it with the same event ids ({}): {}",
-            printable(stream_id), ids, err.message);
+            printable(stream_id), id_array(), err.message);
         return err;
       }
       if (err.sqlstate != "23505")
@@ -365,7 +378,7 @@ result<append_result> append(pg::connection& conn, const statements& sql, tx_mod
     }
     // Nothing was stored. Either these events were stored before (a retry), or the stream was
     // not where the caller expected it.
-    auto previous = find_previous_append(conn, sql, stream_id, events, ids);
+    auto previous = find_previous_append(conn, sql, stream_id, events, id_array());
     if (!previous)
       return previous.error();
     if (*previous) {

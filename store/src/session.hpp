@@ -15,7 +15,7 @@ namespace mire::detail {
 /// Statement texts for one schema, built once per store.
 struct statements {
   explicit statements(std::string_view schema);
-  std::string append_one, append_one_any, append_many, append_many_any, find_event_ids, stream_version, read_stream, read_all,
+  std::string append_one, append_one_known, append_one_any, append_many, append_many_any, find_event_ids, stream_version, read_stream, read_all,
       read_category, streams_all, streams_category, load_snapshot, save_snapshot, batch_heads,
       batch_copy, batch_positions, append_group;
 };
