@@ -1,6 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Each installs what is missing,
 # configures, builds and runs. BUILD_DIR and JOBS may be overridden.
 BUILD_DIR ?= build
+MAKEFLAGS += --no-print-directory
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: all deps configure build demo test bench clean
