@@ -159,8 +159,8 @@ void connection::copy_put(std::string_view data) {
     copy_failed_ = true;
 }
 
-result<rows> connection::copy_end() {
-  PQputCopyEnd(conn_, nullptr);
+result<rows> connection::copy_end(const char* abort_reason) {
+  PQputCopyEnd(conn_, abort_reason);
   PGresult* last = nullptr;
   while (PGresult* r = PQgetResult(conn_)) {
     if (last)

@@ -70,7 +70,8 @@ public:
   /// formatted: copy_begin, copy_put (any number), copy_end (which reports the outcome).
   result<void> copy_begin(const std::string& sql);
   void copy_put(std::string_view data);
-  result<rows> copy_end();
+  /// Ends the copy; with `abort_reason` the server discards every row sent.
+  result<rows> copy_end(const char* abort_reason = nullptr);
 
   bool healthy() const { return PQstatus(conn_) == CONNECTION_OK; }
   /// In a transaction block (open or failed)?

@@ -277,6 +277,27 @@ result<void> check_stream_id(std::string_view stream_id) {
   return {};
 }
 
+result<void> check_event(event_data& e, std::size_t i, const store_options& options) {
+  if (auto ok = check_type(e.type, i); !ok)
+    return ok;
+  if (auto ok = check_json("data", e.data, i, options.max_event_bytes, false); !ok)
+    return ok;
+  if (e.metadata.empty())
+    e.metadata = "{}";
+  if (auto ok = check_json("metadata", e.metadata, i, options.max_event_bytes, true); !ok)
+    return ok;
+  if (e.event_id.empty()) {
+    e.event_id = new_uuid();
+  } else if (!is_uuid(e.event_id)) {
+    return bad_input(fmt::format("event id '{}' (event {}) is not a UUID", printable(e.event_id),
+                                 i + 1));
+  } else {  // Postgres prints uuids in lower case; compare like it does
+    std::transform(e.event_id.begin(), e.event_id.end(), e.event_id.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  }
+  return {};
+}
+
 result<void> check_append(std::string_view stream_id, std::vector<event_data>& events,
                           const store_options& options) {
   if (auto ok = check_stream_id(stream_id); !ok)
@@ -286,25 +307,10 @@ result<void> check_append(std::string_view stream_id, std::vector<event_data>& e
                                  printable(stream_id)));
   std::unordered_set<std::string_view> ids;
   for (std::size_t i = 0; i < events.size(); ++i) {
-    auto& e = events[i];
-    if (auto ok = check_type(e.type, i); !ok)
+    if (auto ok = check_event(events[i], i, options); !ok)
       return ok;
-    if (auto ok = check_json("data", e.data, i, options.max_event_bytes, false); !ok)
-      return ok;
-    if (e.metadata.empty())
-      e.metadata = "{}";
-    if (auto ok = check_json("metadata", e.metadata, i, options.max_event_bytes, true); !ok)
-      return ok;
-    if (e.event_id.empty())
-      e.event_id = new_uuid();
-    else if (!is_uuid(e.event_id))
-      return bad_input(fmt::format("event id '{}' (event {}) is not a UUID",
-                                   printable(e.event_id), i + 1));
-    else  // Postgres prints uuids in lower case; compare like it does
-      std::transform(e.event_id.begin(), e.event_id.end(), e.event_id.begin(),
-                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    if (events.size() > 1 && !ids.insert(e.event_id).second)
-      return bad_input(fmt::format("event id {} appears twice in one append", e.event_id));
+    if (events.size() > 1 && !ids.insert(events[i].event_id).second)
+      return bad_input(fmt::format("event id {} appears twice in one append", events[i].event_id));
   }
   return {};
 }
@@ -511,31 +517,65 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
     return bad_input("nothing to append: the batch has no streams");
   std::unordered_set<std::string_view> seen_streams;
   std::vector<std::string_view> stream_ids;
-  std::vector<event_data> all;  // every event of the batch, for the repeated-append check
+  std::size_t event_count = 0;
   for (auto& s : batch) {
-    if (auto ok = check_append(s.stream_id, s.events, options); !ok)
+    if (auto ok = check_stream_id(s.stream_id); !ok)
       return ok.error();
+    if (s.events.empty())
+      return bad_input(fmt::format("nothing to append to stream '{}': no events given",
+                                   printable(s.stream_id)));
     if (!seen_streams.insert(s.stream_id).second)
       return bad_input(fmt::format("stream '{}' appears twice in one batch", printable(s.stream_id)));
     stream_ids.push_back(s.stream_id);
-    all.insert(all.end(), s.events.begin(), s.events.end());
+    event_count += s.events.size();
   }
-  std::unordered_set<std::string_view> all_ids;
-  for (const auto& e : all)
-    if (!all_ids.insert(e.event_id).second)
-      return bad_input(fmt::format("event id {} appears twice in one batch", e.event_id));
   const std::string streams_param = text_array(stream_ids);
-  const std::string ids_param = array_literal(all, [](auto& e) -> std::string_view { return e.event_id; });
+  // Events are checked while the COPY streams (the server works on earlier rows meanwhile); a
+  // bad one aborts the COPY and rolls back, so nothing of the batch is stored.
+  bool checked = false;
+  std::unordered_set<std::string_view> all_ids;
+  auto check = [&](stream_append& s, std::size_t i) -> result<void> {
+    if (checked)
+      return {};
+    if (auto ok = check_event(s.events[i], i, options); !ok) {
+      auto e = std::move(ok).error();
+      e.message += fmt::format(" (stream '{}')", printable(s.stream_id));
+      return e;
+    }
+    if (!all_ids.insert(s.events[i].event_id).second)
+      return bad_input(fmt::format("event id {} appears twice in one batch", s.events[i].event_id));
+    return {};
+  };
+  auto check_all = [&]() -> result<void> {
+    for (auto& s : batch)
+      for (std::size_t i = 0; i < s.events.size(); ++i)
+        if (auto ok = check(s, i); !ok)
+          return ok;
+    checked = true;
+    return {};
+  };
+  std::string ids_param;  // built on the failure path only
+  auto id_array = [&]() -> const std::string& {
+    if (ids_param.empty()) {
+      std::vector<std::string_view> ids;
+      ids.reserve(event_count);
+      for (const auto& s : batch)
+        for (const auto& e : s.events)
+          ids.push_back(e.event_id);
+      ids_param = text_array(ids);
+    }
+    return ids_param;
+  };
   // After a failed attempt (rolled back): the batch stored before (a retry), a conflict, or a
   // lost race of an "any" stream (nullopt: try again).
   auto after_failure = [&]() -> std::optional<result<batch_result>> {
-    auto found = conn.query("mire_find_event_ids", sql.find_event_ids, {ids_param});
+    auto found = conn.query("mire_find_event_ids", sql.find_event_ids, {id_array()});
     if (!found)
       return result<batch_result>{found.error()};
-    if (found->size() == static_cast<int>(all.size())) {
+    if (found->size() == static_cast<int>(event_count)) {
       batch_result again;
       again.duplicate = true;
-      again.events = static_cast<int64_t>(all.size());
+      again.events = static_cast<int64_t>(event_count);
       std::unordered_map<std::string, int64_t> version_of;
       for (int i = 0; i < found->size(); ++i) {
         auto& v = version_of[found->str(i, 1)];
@@ -600,9 +640,15 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
       std::string copy;
       copy.reserve(chunk + 4096);
       for (std::size_t i : order) {
-        const auto& s = batch[i];
+        auto& s = batch[i];
         int64_t version = heads->int64(static_cast<int>(i), 1);
-        for (const auto& e : s.events) {
+        for (std::size_t k = 0; k < s.events.size(); ++k) {
+          if (auto ok = check(s, k); !ok) {
+            (void)conn.copy_end("bad input");
+            (void)conn.exec("ROLLBACK");
+            return ok.error();
+          }
+          const auto& e = s.events[k];
           pg::append_copy_field(copy, s.stream_id);
           copy += '\t';
           copy += std::to_string(++version);
@@ -624,6 +670,7 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
         out.events += static_cast<int64_t>(s.events.size());
       }
       conn.copy_put(copy);
+      checked = true;
       auto copied = conn.copy_end();
       if (copied) {
         auto pos = conn.query("mire_batch_positions", sql.batch_positions, {});
@@ -652,6 +699,8 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
       }
     }
     (void)conn.exec("ROLLBACK");
+    if (auto ok = check_all(); !ok)  // a stale stream stopped us before the events were checked
+      return ok.error();
     if (auto decided = after_failure())
       return std::move(*decided);
     if (std::chrono::steady_clock::now() > deadline)
