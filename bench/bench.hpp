@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "mire/actors/options.hpp"
+
 namespace mire::bench {
 
 struct options {
@@ -14,5 +16,9 @@ struct options {
 
 /// `mire bench store`. Returns a process exit code.
 int run_store(const options& o);
+
+/// `mire bench actors`: commands through aggregate actors on a runtime with `runtime` options
+/// (the configuration's), against one-INSERT-per-transaction raw libpq. Returns an exit code.
+int run_actors(const options& o, const actors::runtime_options& runtime = {});
 
 } // namespace mire::bench

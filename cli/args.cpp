@@ -10,7 +10,8 @@
 namespace mire::cli {
 
 const std::vector<option_spec> global_options{
-    {"db", true}, {"schema", true}, {"json", false}, {"help", false}, {"version", false}};
+    {"db", true},       {"schema", true}, {"json", false},      {"help", false},
+    {"version", false}, {"config", true}, {"config-file", true}};
 
 namespace {
 
@@ -57,6 +58,17 @@ result<command_line> parse_command_line(int argc, const char* const* argv,
     // "--name=value" or "--name value"
     const auto eq = token.find('=');
     const std::string_view name = token.substr(2, eq == std::string_view::npos ? eq : eq - 2);
+    // Configuration flags (--mire.store.workers=8) are checked by the configuration loader,
+    // which knows their types; here they only need their value.
+    if (name.starts_with("mire.")) {
+      if (eq != std::string_view::npos)
+        cl.config_flags.emplace_back(token);
+      else if (i + 1 < argc)
+        cl.config_flags.push_back(fmt::format("--{}={}", name, argv[++i]));
+      else
+        return bad_input(fmt::format("option --{} needs a value", name));
+      continue;
+    }
     const option_spec* spec = find_option(global_options, name);
     if (spec == nullptr && command_specs != nullptr)
       spec = find_option(*command_specs, name);

@@ -27,6 +27,9 @@ struct command_line {
   std::string command;                  ///< first non-option token; empty when none was given
   std::vector<std::string> positionals; ///< the tokens after the command that are not options
   std::map<std::string, std::string, std::less<>> options; ///< name -> value ("" for a flag)
+  /// Configuration flags, "--mire.SECTION.KEY=VALUE", in order (mire/config/config.hpp checks
+  /// them: any key under "mire." is accepted here).
+  std::vector<std::string> config_flags;
 
   bool has(std::string_view name) const { return options.find(name) != options.end(); }
   /// The value of option `name`, or nullptr when it was not given.

@@ -1,12 +1,14 @@
-// The store commands of `mire`: db, migrate, append, read, read-all, streams and bench.
+// The store commands of `mire`: db, migrate, append, read, read-all, streams, bench and config.
 #include "commands.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 
 #include <fmt/format.h>
 
 #include "bench/bench.hpp"
+#include "mire/config/config.hpp"
 #include "mire/store/types.hpp"
 
 namespace mire::cli {
@@ -266,9 +268,10 @@ int run_streams(const context& ctx, const command_line& cl) {
 int run_bench(const context& ctx, const command_line& cl) {
   if (auto ok = expect_positionals(cl, {"BENCHMARK"}); !ok)
     return ctx.fail(ok.error());
-  if (cl.positionals[0] != "store")
-    return ctx.fail(bad_input(
-        fmt::format("unknown benchmark {} (known: store)", printable(cl.positionals[0]))));
+  const std::string& which = cl.positionals[0];
+  if (which != "store" && which != "actors")
+    return ctx.fail(
+        bad_input(fmt::format("unknown benchmark {} (known: store, actors)", printable(which))));
   double scale = 1.0;
   if (const auto* text = cl.value("scale")) {
     auto v = parse_positive_number("scale", *text);
@@ -279,8 +282,43 @@ int run_bench(const context& ctx, const command_line& cl) {
   auto url = ctx.database_url();
   if (!url)
     return ctx.fail(url.error());
-  // The benchmark works in a schema of its own, so it needs no migrated store here.
-  return bench::run_store({.url = *url, .json = ctx.json_output(), .scale = scale});
+  // The benchmarks work in a schema of their own, so they need no migrated store here.
+  const bench::options o{.url = *url, .json = ctx.json_output(), .scale = scale};
+  if (which == "actors")
+    return bench::run_actors(o, ctx.settings().runtime);
+  return bench::run_store(o);
+}
+
+int run_config(const context& ctx, const command_line& cl) {
+  if (auto ok = expect_positionals(cl, {}); !ok)
+    return ctx.fail(ok.error());
+  const auto& s = ctx.settings();
+  if (!ctx.json_output()) {
+    fmt::print("{}", config::describe(s));
+    return 0;
+  }
+  const auto& st = s.runtime.store;
+  const auto& ag = s.runtime.aggregates;
+  auto us = [](auto d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); };
+  // Durations in microseconds; the URL is left out (it may carry a password).
+  ctx.print({{"file", s.file},
+             {"replica_id", s.replica_id},
+             {"database",
+              {{"embedded", s.store.url.empty()},
+               {"schema", s.store.schema},
+               {"pool_size", s.store.pool_size},
+               {"connect_timeout_us", us(std::chrono::seconds(s.store.connect_timeout_seconds))}}},
+             {"store",
+              {{"workers", st.workers},
+               {"group_window_us", us(st.group_window)},
+               {"max_group", st.max_group}}},
+             {"aggregates",
+              {{"snapshot_every", ag.snapshot_every},
+               {"passivate_after_us", us(ag.passivate_after)},
+               {"max_retries", ag.max_retries},
+               {"store_timeout_us", us(ag.store_timeout)}}},
+             {"origin", s.origin}});
+  return 0;
 }
 
 } // namespace mire::cli

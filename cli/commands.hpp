@@ -20,9 +20,15 @@ int run_read(const context& ctx, const command_line& cl);
 int run_read_all(const context& ctx, const command_line& cl);
 /// `mire streams [--category CAT]`
 int run_streams(const context& ctx, const command_line& cl);
-/// `mire bench store [--scale X]`
+/// `mire bench store|actors [--scale X]`
 int run_bench(const context& ctx, const command_line& cl);
-/// `mire demo` (demo.cpp)
+/// `mire config`: the effective configuration and where each value came from
+int run_config(const context& ctx, const command_line& cl);
+/// `mire demo` (demo.cpp): the quickstart, then the actor runtime (demo_actors.cpp)
 int run_demo(const context& ctx, const command_line& cl);
+/// The actor runtime part of `mire demo` (demo_actors.cpp), on the demo's store.
+int run_demo_actors(const context& ctx, const command_line& cl, event_store store);
+/// Checks the options of that part (--accounts, --clients, --operations) before the demo starts.
+result<void> check_demo_actors_options(const command_line& cl);
 
 } // namespace mire::cli

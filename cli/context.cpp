@@ -62,15 +62,33 @@ int report(const error& e, bool as_json) {
 result<context> context::from(const command_line& cl) {
   context c;
   c.json_ = cl.has("json");
+  const auto* file = cl.value("config");
+  if (const auto* alias = cl.value("config-file")) {
+    if (file != nullptr)
+      return bad_input("give either --config or --config-file, not both");
+    file = alias;
+  }
+  if (file != nullptr && file->empty())
+    return bad_input("--config needs a file, got ''");
+  auto settings = config::load(file ? *file : config::default_file(), cl.config_flags);
+  if (!settings)
+    return std::move(settings).error();
+  c.settings_ = std::move(*settings);
+  // --db and --schema are the short flags of mire.database.url and mire.database.schema.
   if (const auto* db = cl.value("db")) {
     if (db->empty())
       return bad_input("--db needs a database URL, got ''");
-    c.url_ = *db;
-  } else {
-    c.url_ = env("MIRE_DATABASE_URL");
+    c.settings_.store.url = *db;
+    c.settings_.origin["mire.database.url"] = "flag --db";
   }
-  if (const auto* schema = cl.value("schema"))
-    c.schema_ = *schema; // the store checks the name
+  if (const auto* schema = cl.value("schema")) {
+    if (auto ok = config::check_schema("--schema", *schema); !ok)
+      return ok.error();
+    c.settings_.store.schema = *schema;
+    c.settings_.origin["mire.database.schema"] = "flag --schema";
+  }
+  if (!c.settings_.store.url.empty())
+    c.url_ = c.settings_.store.url;
   c.home_ = env("MIRE_HOME").value_or("./.mire");
   return c;
 }
@@ -86,11 +104,20 @@ result<std::string> context::database_url() const {
   return server->url();
 }
 
-result<event_store> context::open_unmigrated_store() const {
+result<store_options> context::store_options_resolved() const {
   auto url = database_url();
   if (!url)
     return url.error();
-  return event_store::open({.url = *url, .schema = schema_});
+  auto options = settings_.store;
+  options.url = *url;
+  return options;
+}
+
+result<event_store> context::open_unmigrated_store() const {
+  auto options = store_options_resolved();
+  if (!options)
+    return options.error();
+  return event_store::open(std::move(*options));
 }
 
 result<event_store> context::open_store() const {

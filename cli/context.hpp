@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "args.hpp"
+#include "mire/config/config.hpp"
 #include "mire/store/embedded_postgres.hpp"
 #include "mire/store/error.hpp"
 #include "mire/store/event_store.hpp"
@@ -24,8 +25,13 @@ int report(const error& e, bool as_json);
 /// The settings of one invocation, from the global options and the environment.
 class context {
 public:
-  /// Reads --db, --schema, --json, MIRE_DATABASE_URL and MIRE_HOME.
+  /// Reads the configuration (--config FILE, else MIRE_CONFIG, else ./config/mire.ini when it
+  /// exists; then the environment and the --mire.* flags), --db and --schema (which override the
+  /// database url and schema of the configuration), --json and MIRE_HOME.
   static result<context> from(const command_line& cl);
+
+  /// The effective configuration, --db and --schema included.
+  const config::settings& settings() const { return settings_; }
 
   bool json_output() const { return json_; }
   /// True when --db or MIRE_DATABASE_URL names the database (no embedded server is used).
@@ -35,6 +41,8 @@ public:
 
   /// The database URL: --db, else MIRE_DATABASE_URL, else the embedded server, started if needed.
   result<std::string> database_url() const;
+  /// The event store options of the configuration, with the url resolved by database_url().
+  result<store_options> store_options_resolved() const;
   /// Opens the store at database_url() and applies pending migrations (cheap when there are none).
   result<event_store> open_store() const;
   /// Opens the store without migrating.
@@ -47,7 +55,7 @@ public:
 
 private:
   std::optional<std::string> url_;
-  std::string schema_ = "mire";
+  config::settings settings_;
   std::string home_;
   bool json_ = false;
 };

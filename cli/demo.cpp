@@ -3,59 +3,17 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <type_traits>
-#include <variant>
 
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "domain/bank.hpp" // the account of the examples: events, commands, rules (examples/)
 #include "mire/store/repository.hpp"
 #include "mire/store/uuid.hpp"
 
 namespace mire::cli {
 
 namespace {
-
-// The events: what happened to an account, in past tense, with stable type names.
-struct opened {
-  static constexpr std::string_view type_name = "account.opened";
-  std::string owner;
-};
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(opened, owner)
-
-struct deposited {
-  static constexpr std::string_view type_name = "account.deposited";
-  int64_t amount = 0;
-};
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(deposited, amount)
-
-struct withdrawn {
-  static constexpr std::string_view type_name = "account.withdrawn";
-  int64_t amount = 0;
-};
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(withdrawn, amount)
-
-// The state is nothing but the fold of those events; apply cannot fail, because the events have
-// already happened.
-struct account {
-  using event = std::variant<opened, deposited, withdrawn>;
-  std::string owner;
-  int64_t balance = 0;
-
-  void apply(const event& e) {
-    std::visit(
-        [this](const auto& x) {
-          using E = std::decay_t<decltype(x)>;
-          if constexpr (std::is_same_v<E, opened>)
-            owner = x.owner;
-          else if constexpr (std::is_same_v<E, deposited>)
-            balance += x.amount;
-          else
-            balance -= x.amount;
-        },
-        e);
-  }
-};
 
 // Left column of the text output, so that the steps line up.
 constexpr int step_width = 36;
@@ -69,6 +27,8 @@ void step(std::string_view left, std::string_view right) {
 int run_demo(const context& ctx, const command_line& cl) {
   if (auto ok = expect_positionals(cl, {}); !ok)
     return ctx.fail(ok.error());
+  if (auto ok = check_demo_actors_options(cl); !ok)  // the actor part's options (demo_actors.cpp)
+    return ctx.fail(ok.error());
   auto url = ctx.database_url();
   if (!url)
     return ctx.fail(url.error());
@@ -76,7 +36,7 @@ int run_demo(const context& ctx, const command_line& cl) {
   if (!store)
     return ctx.fail(store.error());
   const bool text = !ctx.json_output();
-  repository<account> accounts{*store};
+  repository<bank::account> accounts{*store};
   // A fresh stream per run, so the demo can be run again and again on the same database.
   const std::string id = "account-" + new_uuid().substr(24);
 
@@ -99,7 +59,8 @@ int run_demo(const context& ctx, const command_line& cl) {
     step(fmt::format("1. load {}", id), fmt::format("new stream, version {}", acc->version()));
 
   const int64_t loaded_at = acc->version();
-  const account::event history[] = {opened{"Ada"}, deposited{100}, withdrawn{30}};
+  const bank::account::event history[] = {bank::opened{"Ada"}, bank::deposited{100},
+                                          bank::withdrawn{30}};
   for (std::size_t i = 0; i < std::size(history); ++i) {
     acc->record(history[i]);
     if (text) {
@@ -124,7 +85,7 @@ int run_demo(const context& ctx, const command_line& cl) {
          fmt::format("owner {}, balance {}, version {}", state.owner, state.balance,
                      replayed->version()));
 
-  stale->record(deposited{1000});
+  stale->record(bank::deposited{1000});
   auto refused = accounts.save(*stale);
   if (refused)
     return ctx.fail(error{errc::internal, "a save expecting a stale version was accepted"});
@@ -149,13 +110,13 @@ int run_demo(const context& ctx, const command_line& cl) {
                {"global_position", saved->last_position},
                {"state", {{"owner", state.owner}, {"balance", state.balance}}},
                {"stale_save_refused", true}});
-    return 0;
+    return run_demo_actors(ctx, cl, std::move(*store));  // the actor runtime (demo_actors.cpp)
   }
   fmt::print("\nsummary: {} events stored in {}, stream version {}, global position {}\n",
              std::size(history), id, saved->version, saved->last_position);
   fmt::print("next:    mire read {}\n", id);
   fmt::print("         mire read-all --category account --json\n");
-  return 0;
+  return run_demo_actors(ctx, cl, std::move(*store));  // the actor runtime (demo_actors.cpp)
 }
 
 } // namespace mire::cli

@@ -20,7 +20,8 @@ using namespace mire::cli;
 
 constexpr std::string_view help_text = R"(mire: an event store on PostgreSQL
 
-usage: mire [--db URL] [--schema NAME] [--json] COMMAND [ARGS...]
+usage: mire [--config FILE] [--mire.SECTION.KEY=VALUE...] [--db URL] [--schema NAME] [--json]
+            COMMAND [ARGS...]
 
 Without --db (or MIRE_DATABASE_URL) mire uses its embedded PostgreSQL, kept under
 MIRE_HOME (default ./.mire) and started on demand by any command that needs it.
@@ -43,15 +44,36 @@ commands:
                              an order no reader can skip an event through; pass the
                              last event's checkpoint back as --after to continue
   streams [--category CAT]   the streams and their versions
-  demo                       the quickstart: a bank account, load -> record -> save
-  bench store [--scale X]    benchmark the store against raw libpq (in a schema of
-                             its own; --scale multiplies the workload sizes)
+  demo [--accounts N] [--clients N] [--operations N]
+                             the quickstart: a bank account, load -> record -> save;
+                             then the actor runtime: N accounts (default 1000), N
+                             concurrent clients (default 8) each issuing N operations
+                             (default 1000: deposits, withdrawals, transfers) through
+                             aggregate actors, throughput, and the invariant (money
+                             conserved, no negative balance) checked against a fresh
+                             replay of the log; exits 1 when it does not hold
+  bench store|actors [--scale X]
+                             benchmark the store, or commands through aggregate
+                             actors, against raw libpq (in a schema of its own;
+                             --scale multiplies the workload sizes; actors uses the
+                             configuration's store and aggregate options)
+  config                     the effective configuration, as a configuration file,
+                             with where each value came from
   help, --help               this text
   --version                  the version of mire
 
 options:
-  --db URL       libpq URL or "key=value" string of the database (else MIRE_DATABASE_URL)
-  --schema NAME  Postgres schema of mire's tables (default mire)
+  --config FILE  configuration file (CAF INI format; also --config-file=FILE); default:
+                 MIRE_CONFIG, else ./config/mire.ini when it exists, else built-in
+                 defaults. config/mire.ini documents every option
+  --mire.SECTION.KEY=VALUE
+                 one configuration option, e.g. --mire.store.workers=8; precedence:
+                 flags > environment > file > defaults; an invalid value is refused
+                 (exit 2) naming the option
+  --db URL       libpq URL or "key=value" string of the database (flag for
+                 mire.database.url; else MIRE_DATABASE_URL, else the file)
+  --schema NAME  Postgres schema of mire's tables (flag for mire.database.schema;
+                 default mire)
   --json         print JSON, one object per line
   --             ends the options: what follows is positional (a stream id "--x")
 
@@ -95,6 +117,9 @@ exit codes:
 environment:
   MIRE_DATABASE_URL  database to use when --db is not given
   MIRE_HOME          home of the embedded database (default ./.mire)
+  MIRE_CONFIG        configuration file when --config is not given
+  MIRE_SCHEMA, MIRE_REPLICA_ID, MIRE_STORE_WORKERS, ...
+                     one variable per configuration option (see config/mire.ini)
 )";
 
 int run_help(const context&, const command_line&) {
@@ -122,8 +147,9 @@ const std::vector<command>& commands() {
       {"read", {{"from", true}}, run_read},
       {"read-all", {{"after", true}, {"category", true}, {"limit", true}}, run_read_all},
       {"streams", {{"category", true}}, run_streams},
-      {"demo", {}, run_demo},
+      {"demo", {{"accounts", true}, {"clients", true}, {"operations", true}}, run_demo},
       {"bench", {{"scale", true}}, run_bench},
+      {"config", {}, run_config},
       {"help", {}, run_help},
   };
   return table;

@@ -174,6 +174,7 @@ run demo
 expect_rc 0 "demo"
 expect_in "$out" "owner Ada, balance 70, version 3" "demo shows the replayed state"
 expect_in "$out" "summary: 3 events stored in account-" "demo summary"
+expect_in "$out" "invariant: holds" "demo: the actor run's invariant, checked on a replay of the log"
 demo_stream=$(sed -n 's/^summary: 3 events stored in \(account-[0-9a-f]*\),.*/\1/p' <<<"$out")
 run read "$demo_stream"
 [[ $(wc -l <<<"$out") -eq 3 ]] || fail "the demo's stream $demo_stream should hold 3 events: $out"

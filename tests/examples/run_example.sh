@@ -10,7 +10,13 @@ cleanup() { MIRE_HOME=$home "$mire" db stop >/dev/null 2>&1 || true; rm -rf "$ho
 trap cleanup EXIT
 export MIRE_HOME=$home
 unset MIRE_DATABASE_URL
-out=$(timeout 300 "$example" 2>&1) || { echo "$out"; echo "FAIL: $example exited $?"; exit 1; }
+rc=0
+out=$(timeout 300 "$example" 2>&1) || rc=$?
+if ((rc != 0)); then
+  echo "$out"
+  echo "FAIL: $(basename "$example") exited $rc"
+  exit 1
+fi
 echo "$out"
 for pattern in "$@"; do
   if ! grep -Eq -- "$pattern" <<<"$out"; then

@@ -1,0 +1,70 @@
+// The store actor: the only door to Postgres for actors. An event-based coordinator in front of
+// blocking workers (detached actors, each using one connection at a time). Appends to different
+// streams that queue up while every worker is committing (or within the group window) go to
+// Postgres as one group: one transaction, one round trip, and each append still gets its own
+// outcome (event_store::append_group). Two appends to one stream are never in flight at once:
+// the second waits for the first, so one process's appends to a stream keep their order.
+//
+// Protocol (errors are caf::error of category "mire", see errors.hpp):
+//   (append_atom, stream_append)  -> append_result   version_conflict for a stale expectation
+//   (load_atom, load_request)     -> stream_load     a snapshot (if usable) and the events after
+//   (snapshot_atom, snapshot)     -> ()              saves a snapshot (reply only to requests)
+//   (flush_atom)                                     the group window's timer (internal)
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/atom.hpp>
+#include <caf/fwd.hpp>
+#include <caf/replies_to.hpp>
+#include <caf/typed_actor.hpp>
+
+#include "mire/actors/inspect.hpp"
+#include "mire/actors/options.hpp"
+#include "mire/store/event_store.hpp"
+
+namespace mire::actors {
+
+using append_atom = caf::atom_constant<caf::atom("append")>;
+using load_atom = caf::atom_constant<caf::atom("load")>;
+using snapshot_atom = caf::atom_constant<caf::atom("snapshot")>;
+using flush_atom = caf::atom_constant<caf::atom("flush")>;
+
+/// Asks for a stream from `from_version` on; with a snapshot schema >= 0, a snapshot of that
+/// schema covering at least from_version may replace the events it covers.
+struct load_request {
+  std::string stream_id;
+  int64_t from_version = 1;
+  int32_t snapshot_schema = -1;
+};
+
+/// A loaded stream: the snapshot (when has_snapshot) and the events after it, in order.
+struct stream_load {
+  bool has_snapshot = false;
+  mire::snapshot snapshot;
+  std::vector<recorded_event> events;
+};
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, load_request& x) {
+  return f(caf::meta::type_name("load_request"), x.stream_id, x.from_version, x.snapshot_schema);
+}
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, stream_load& x) {
+  return f(caf::meta::type_name("stream_load"), x.has_snapshot, x.snapshot, x.events);
+}
+
+/// Handle of a store actor.
+using store_actor =
+    caf::typed_actor<caf::replies_to<append_atom, mire::stream_append>::with<mire::append_result>,
+                     caf::replies_to<load_atom, load_request>::with<stream_load>,
+                     caf::reacts_to<snapshot_atom, mire::snapshot>, caf::reacts_to<flush_atom>>;
+
+/// Spawns a store actor and its workers on `system`, all sharing `store` (whose pool_size must
+/// be at least options.workers). Exiting the store actor stops its workers. bad_input names an
+/// invalid option.
+result<store_actor> spawn_store_actor(caf::actor_system& system, event_store store,
+                                      store_actor_options options = {});
+
+} // namespace mire::actors

@@ -1,0 +1,428 @@
+// The registry of one aggregate type and its aggregate actors (see registry.hpp for the public
+// protocol). Internal protocol:
+//   registry -> aggregate: (command_atom, token, erased_command), (state_atom, token), (stop_atom)
+//   aggregate -> registry: (reply_atom, token, erased_reply | caf::error), (idle_atom, id)
+// Commands go as plain messages with a token rather than as requests: a request whose receiver
+// dies mid-way is never answered in CAF 0.17, while the registry, monitoring its actors, learns
+// of every death and answers each token of the dead actor itself. Monitors, not links, both
+// ways: an exit_msg with reason kill is fatal to every linked actor in CAF 0.17 (no exit handler
+// can trap it), so one killed aggregate would take the registry and all its siblings along.
+#include "registry_actor.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include <caf/all.hpp>
+
+#include "mire/actors/errors.hpp"
+#include "mire/actors/registry.hpp"
+
+namespace mire::actors::detail {
+namespace {
+
+using reply_atom = caf::atom_constant<caf::atom("reply")>;
+using idle_atom = caf::atom_constant<caf::atom("idle")>;
+using stop_atom = caf::atom_constant<caf::atom("stop")>;
+
+// ---------------------------------------------------------------------------------------------
+// Aggregate actor: one per aggregate id; one job (command or state query) at a time.
+
+struct job {
+  uint64_t token = 0;
+  bool is_command = false;
+  erased_command command;
+};
+
+struct aggregate_state {
+  std::shared_ptr<const aggregate_type> type;
+  std::string id;
+  store_actor store;
+  caf::actor registry;
+  std::unique_ptr<aggregate_model> model;
+  int64_t version = 0;            ///< the model is the fold of the stream's events 1..version
+  bool loaded = false;            ///< caught up with the log at least once
+  bool snapshot_unusable = false; ///< the snapshot did not restore: replay the whole stream
+  bool busy = false;              ///< a job (or the first load) is in progress
+  std::deque<job> queue;
+  std::chrono::steady_clock::time_point last_active; ///< when the last job finished
+  bool idle_timer = false; ///< one passivation timer at a time, not one per command
+  static inline const char* name = "mire.aggregate";
+};
+
+using aggregate_self = caf::stateful_actor<aggregate_state>*;
+
+void reply(aggregate_self self, uint64_t token, erased_reply r) {
+  self->send(self->state.registry, reply_atom::value, token, std::move(r));
+}
+
+void fail(aggregate_self self, uint64_t token, const mire::error& e) {
+  self->send(self->state.registry, reply_atom::value, token, to_caf(e));
+}
+
+// Reads what the log holds after `version` (from the latest snapshot when nothing is folded
+// yet) and folds it in; then k(result<void>). The model stays the fold of events 1..version
+// even when a decode fails half-way, so a later catch-up continues where this one stopped.
+template <class K> void catch_up(aggregate_self self, K k) {
+  auto& st = self->state;
+  const bool from_snapshot = st.version == 0 && !st.snapshot_unusable;
+  load_request req{st.id, st.version + 1, from_snapshot ? st.model->snapshot_schema() : -1};
+  self->request(st.store, st.type->options.store_timeout, load_atom::value, std::move(req))
+      .then(
+          [self, k](stream_load& l) {
+            auto& st = self->state;
+            if (l.has_snapshot) {
+              if (!st.model->restore(l.snapshot)) {
+                st.snapshot_unusable = true;
+                catch_up(self, k);
+                return;
+              }
+              st.version = l.snapshot.version;
+            }
+            for (const auto& e : l.events) {
+              if (auto r = st.model->replay(e); !r) {
+                k(std::move(r));
+                return;
+              }
+              st.version = e.version;
+            }
+            k(result<void>{});
+          },
+          [k](caf::error& e) { k(result<void>{from_caf(e)}); });
+}
+
+void pump(aggregate_self self);
+
+void finish(aggregate_self self) {
+  auto& st = self->state;
+  st.busy = false;
+  if (!st.queue.empty()) {
+    pump(self);
+    return;
+  }
+  st.last_active = std::chrono::steady_clock::now();
+  const auto after = st.type->options.passivate_after;
+  if (after.count() > 0 && !st.idle_timer) {
+    st.idle_timer = true;
+    self->delayed_send(self, after, idle_atom::value);
+  }
+}
+
+// Snapshots only speed up loading: the events are committed, so a failed write is ignored.
+void maybe_snapshot(aggregate_self self, int64_t before) {
+  auto& st = self->state;
+  const int64_t every = st.type->options.snapshot_every;
+  const int32_t schema = st.model->snapshot_schema();
+  if (every <= 0 || schema < 0 || st.version / every == before / every)
+    return;
+  self->request(st.store, st.type->options.store_timeout, snapshot_atom::value,
+                mire::snapshot{st.id, st.version, schema, st.model->snapshot_state()})
+      .then([] {}, [](caf::error&) {});
+}
+
+void run(aggregate_self self, job j, int retries);
+
+// A refusal or a no-op involves no append, so no conflict would reveal that another writer had
+// moved the stream on since this actor last looked: look before answering, and decide again
+// when something new is there. A refusal is then never based on an outdated state.
+void confirm(aggregate_self self, job j, int retries, erased_reply decided) {
+  const int64_t seen = self->state.version;
+  catch_up(self, [self, j, retries, seen, decided](result<void> r) {
+    auto& st = self->state;
+    if (r && st.version != seen && retries < st.type->options.max_retries) {
+      run(self, j, retries + 1);
+      return;
+    }
+    reply(self, j.token, decided);
+    finish(self);
+  });
+}
+
+// decide -> append (expecting the version decided on) -> apply -> reply. On a version conflict
+// another writer was first: catch up and decide again, at most max_retries times.
+void run(aggregate_self self, job j, int retries) {
+  auto& st = self->state;
+  erased_decision d;
+  try {
+    d = st.model->decide(j.command.command.get(), j.command.metadata);
+  } catch (const std::exception& ex) {
+    fail(self, j.token, mire::error{errc::internal, std::string("decide threw: ") + ex.what()});
+    finish(self);
+    return;
+  }
+  if (d.rejection) {
+    erased_reply r;
+    r.kind = erased_reply::rejected;
+    r.version = st.version;
+    r.retries = retries;
+    r.rejection = std::move(*d.rejection);
+    confirm(self, std::move(j), retries, std::move(r));
+    return;
+  }
+  if (d.encoded.empty()) {
+    confirm(self, std::move(j), retries,
+            erased_reply{erased_reply::accepted, st.version, retries, d.events, {}});
+    return;
+  }
+  const int64_t before = st.version;
+  auto events = d.events;
+  self->request(st.store, st.type->options.store_timeout, append_atom::value,
+                stream_append{st.id, expected_version::exactly(before), std::move(d.encoded)})
+      .then(
+          [self, j, retries, before, events](append_result& r) {
+            auto& st = self->state;
+            st.model->apply_decided(events.get());
+            st.version = r.version;
+            reply(self, j.token,
+                  erased_reply{erased_reply::accepted, r.version, retries, events, {}});
+            maybe_snapshot(self, before);
+            finish(self);
+          },
+          [self, j, retries](caf::error& e) {
+            auto err = from_caf(e);
+            if (err.code == errc::version_conflict &&
+                retries < self->state.type->options.max_retries) {
+              catch_up(self, [self, j, retries](result<void> r) {
+                if (!r) {
+                  fail(self, j.token, r.error());
+                  finish(self);
+                  return;
+                }
+                run(self, j, retries + 1);
+              });
+              return;
+            }
+            if (err.code == errc::timeout)
+              err.message = "the store did not answer in time; the command may still be recorded";
+            // The stream may have moved on (a conflict) or taken this very append (in doubt,
+            // timeout): catch up before the next job instead of running into a conflict.
+            self->state.loaded = false;
+            fail(self, j.token, err);
+            finish(self);
+          });
+}
+
+void answer_state(aggregate_self self, uint64_t token) {
+  catch_up(self, [self, token](result<void> r) {
+    auto& st = self->state;
+    if (r)
+      reply(self, token,
+            erased_reply{erased_reply::state, st.version, 0, st.model->copy_state(), {}});
+    else
+      fail(self, token, r.error());
+    finish(self);
+  });
+}
+
+void pump(aggregate_self self) {
+  auto& st = self->state;
+  if (st.busy || st.queue.empty())
+    return;
+  st.busy = true;
+  if (!st.loaded) {
+    catch_up(self, [self](result<void> r) {
+      auto& st = self->state;
+      if (!r) {
+        for (const auto& j : st.queue)
+          fail(self, j.token, r.error());
+        st.queue.clear();
+        finish(self);
+        return;
+      }
+      st.loaded = true;
+      st.busy = false;
+      pump(self);
+    });
+    return;
+  }
+  auto j = std::move(st.queue.front());
+  st.queue.pop_front();
+  if (j.is_command)
+    run(self, std::move(j), 0);
+  else
+    answer_state(self, j.token);
+}
+
+void enqueue(aggregate_self self, job j) {
+  self->state.queue.push_back(std::move(j));
+  pump(self);
+}
+
+caf::behavior aggregate_actor(aggregate_self self, std::shared_ptr<const aggregate_type> type,
+                              std::string id, store_actor store, caf::actor registry) {
+  auto& st = self->state;
+  st.model = type->make();
+  st.type = std::move(type);
+  st.id = std::move(id);
+  st.store = std::move(store);
+  st.registry = std::move(registry);
+  // Without its registry nobody can reach this actor any more.
+  self->monitor(st.registry);
+  self->set_down_handler([self](caf::down_msg& m) { self->quit(m.reason); });
+  return {
+      [self](command_atom, uint64_t token, erased_command& c) {
+        enqueue(self, job{token, true, std::move(c)});
+      },
+      [self](state_atom, uint64_t token) {
+        enqueue(self, job{token, false, {}});
+      },
+      // Idle for passivate_after: ask the registry to let us go. Only the registry knows
+      // whether a command is on its way, so it decides (and answers with stop).
+      [self](idle_atom) {
+        auto& st = self->state;
+        st.idle_timer = false;
+        if (st.busy || !st.queue.empty())
+          return; // finish() sets the timer again
+        const auto after = st.type->options.passivate_after;
+        const auto idle_for = std::chrono::steady_clock::now() - st.last_active;
+        if (idle_for >= after) {
+          self->send(st.registry, idle_atom::value, st.id);
+        } else {
+          st.idle_timer = true;
+          self->delayed_send(self, after - idle_for, idle_atom::value);
+        }
+      },
+      [self](stop_atom) { self->quit(); },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry: routes by id, spawns on demand, answers for the dead.
+
+struct live_actor {
+  caf::actor handle;
+  std::set<uint64_t> tokens; ///< sent to it, not answered yet
+};
+
+struct pending_job {
+  caf::response_promise rp;
+  std::string id;
+  bool is_command = false;
+};
+
+struct registry_state {
+  std::shared_ptr<const aggregate_type> type;
+  store_actor store;
+  std::unordered_map<std::string, live_actor> actors;
+  std::unordered_map<caf::actor_addr, std::string> ids;
+  std::unordered_map<uint64_t, pending_job> pending;
+  uint64_t next_token = 0;
+  static inline const char* name = "mire.registry";
+};
+
+using registry_self = caf::stateful_actor<registry_state>*;
+
+caf::response_promise route(registry_self self, std::string id, bool is_command,
+                            erased_command command) {
+  auto& st = self->state;
+  auto it = st.actors.find(id);
+  if (it == st.actors.end()) {
+    auto a = self->spawn<caf::monitored>(aggregate_actor, st.type, id, st.store,
+                                         caf::actor_cast<caf::actor>(self));
+    st.ids.emplace(a.address(), id);
+    it = st.actors.emplace(id, live_actor{std::move(a), {}}).first;
+  }
+  auto rp = self->make_response_promise();
+  const uint64_t token = ++st.next_token;
+  it->second.tokens.insert(token);
+  st.pending.emplace(token, pending_job{rp, id, is_command});
+  if (is_command)
+    self->send(it->second.handle, command_atom::value, token, std::move(command));
+  else
+    self->send(it->second.handle, state_atom::value, token);
+  return rp;
+}
+
+template <class T> void settle(registry_self self, uint64_t token, T&& answer) {
+  auto& st = self->state;
+  auto it = st.pending.find(token);
+  if (it == st.pending.end())
+    return;
+  auto p = std::move(it->second);
+  st.pending.erase(it);
+  if (auto a = st.actors.find(p.id); a != st.actors.end())
+    a->second.tokens.erase(token);
+  p.rp.deliver(std::forward<T>(answer));
+}
+
+// An aggregate actor died (a bug in apply, a kill): answer everything it had. A command may
+// have been in flight, its append committed or not: in doubt. The fresh actor the next command
+// spawns reloads from the log, so nothing committed is lost and nothing half is there (one
+// command = one append = one transaction).
+void on_actor_exit(registry_self self, const std::string& id, const caf::error& reason) {
+  auto& st = self->state;
+  auto it = st.actors.find(id);
+  if (it == st.actors.end())
+    return;
+  const std::string why = self->system().render(reason);
+  for (uint64_t token : it->second.tokens) {
+    auto p = st.pending.find(token);
+    if (p == st.pending.end())
+      continue;
+    mire::error err =
+        p->second.is_command
+            ? mire::error{errc::commit_in_doubt,
+                          "the actor of '" + id + "' stopped (" + why +
+                              ") with this command pending: it may or may not be recorded"}
+            : mire::error{errc::unavailable, "the actor of '" + id + "' stopped (" + why + ")"};
+    err.stream_id = id;
+    p->second.rp.deliver(to_caf(err));
+    st.pending.erase(p);
+  }
+  st.actors.erase(it);
+}
+
+caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate_type> type,
+                             store_actor store) {
+  self->state.type = std::move(type);
+  self->state.store = std::move(store);
+  self->set_down_handler([self](caf::down_msg& m) {
+    auto& st = self->state;
+    auto it = st.ids.find(m.source);
+    if (it == st.ids.end())
+      return; // passivated: already forgotten
+    const std::string id = it->second;
+    st.ids.erase(it);
+    on_actor_exit(self, id, m.reason);
+  });
+  return {
+      [self](command_atom, std::string& id, erased_command& c) {
+        return route(self, std::move(id), true, std::move(c));
+      },
+      [self](state_atom, std::string& id) { return route(self, std::move(id), false, {}); },
+      [self](find_atom, const std::string& id) {
+        auto it = self->state.actors.find(id);
+        return it == self->state.actors.end() ? caf::actor{} : it->second.handle;
+      },
+      [self](reply_atom, uint64_t token, erased_reply& r) { settle(self, token, std::move(r)); },
+      [self](reply_atom, uint64_t token, caf::error& e) { settle(self, token, std::move(e)); },
+      // Passivation: with nothing sent to it unanswered, no command can be on its way to the
+      // actor, so forgetting it now is safe; the next command for the id spawns a fresh one.
+      [self](idle_atom, const std::string& id) {
+        auto& st = self->state;
+        auto it = st.actors.find(id);
+        if (it == st.actors.end() || !it->second.tokens.empty() ||
+            it->second.handle.address() != caf::actor_cast<caf::actor_addr>(self->current_sender()))
+          return;
+        auto handle = std::move(it->second.handle);
+        st.actors.erase(it);
+        st.ids.erase(handle.address());
+        self->demonitor(handle);
+        self->send(handle, stop_atom::value);
+      },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_registry(caf::actor_system& system, std::shared_ptr<const aggregate_type> type,
+                          store_actor store) {
+  return system.spawn(registry_actor, std::move(type), std::move(store));
+}
+
+} // namespace mire::actors::detail

@@ -1,0 +1,566 @@
+// `mire bench actors`: commands through aggregate actors beside raw libpq on the same server, in
+// the same run, alternating mire and baseline rounds and keeping the median round of each (the
+// method and output of `mire bench store`).
+//
+//   actors_16_senders   commands/s: 16 threads, each calling runtime::send (one event per
+//                       command) on its share of 1,000 aggregates; baseline: 16 connections,
+//                       each one prepared INSERT of the same row per transaction
+//   actors_1_sender     the same with 1 thread; baseline: 1 connection
+//   latency_p50_* / latency_p99_*
+//                       per command (mire: send until the reply; baseline: one INSERT +
+//                       commit), over every timed round
+//
+// The aggregates live in a runtime configured like `mire` is (config/mire.ini, environment,
+// --mire.* flags), so the group-commit settings can be tried out: `mire bench actors
+// --mire.store.workers=8 --mire.store.group_window=200us`. mire writes into a fresh schema
+// (mire_bench_actors_<pid>), the baseline into <schema>.raw_events created LIKE <schema>.events
+// INCLUDING ALL; the schema is dropped at the end, also after a failure.
+#include "bench.hpp"
+
+#include <libpq-fe.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <latch>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <variant>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "mire/actors/runtime.hpp"
+#include "mire/store/codec.hpp"
+#include "mire/store/event_store.hpp"
+#include "mire/store/uuid.hpp"
+
+namespace mire::bench {
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+double seconds_since(steady::time_point t0) {
+  return std::chrono::duration<double>(steady::now() - t0).count();
+}
+
+/// A failure that ends the benchmark, with the exit code of the `mire` command.
+struct failure : std::runtime_error {
+  int code;
+  failure(int c, const std::string& what) : std::runtime_error(what), code(c) {}
+};
+
+template <class T> T must(result<T> r, std::string_view doing) {
+  if (!r)
+    throw failure(exit_code(r.error().code), fmt::format("{}: {}", doing, r.error().what()));
+  if constexpr (!std::is_void_v<T>)
+    return std::move(*r);
+}
+
+// --- raw libpq, for the baselines ------------------------------------------------------------
+
+using pg_result = std::unique_ptr<PGresult, decltype(&PQclear)>;
+
+class raw_conn {
+public:
+  explicit raw_conn(const std::string& url) {
+    const char* keys[] = {"dbname", "application_name", nullptr};
+    const char* values[] = {url.c_str(), "mire-bench-baseline", nullptr};
+    c_ = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
+    if (c_ == nullptr || PQstatus(c_) != CONNECTION_OK) {
+      std::string msg = c_ ? PQerrorMessage(c_) : "out of memory";
+      while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' '))
+        msg.pop_back();
+      if (c_)
+        PQfinish(c_);
+      c_ = nullptr;
+      throw failure(4, "database unavailable: " + msg);
+    }
+    // The same session settings as the store's connections.
+    exec("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET client_min_messages = 'warning'");
+  }
+  ~raw_conn() {
+    if (c_)
+      PQfinish(c_);
+  }
+  raw_conn(const raw_conn&) = delete;
+  raw_conn& operator=(const raw_conn&) = delete;
+
+  pg_result check(PGresult* r, std::string_view doing) const {
+    pg_result owned{r, &PQclear};
+    const auto st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+      std::string msg = PQerrorMessage(c_);
+      while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' '))
+        msg.pop_back();
+      throw failure(PQstatus(c_) == CONNECTION_OK ? 1 : 4,
+                    fmt::format("baseline: {}: {}", doing, msg));
+    }
+    return owned;
+  }
+
+  pg_result exec(const std::string& sql) { return check(PQexec(c_, sql.c_str()), sql); }
+
+  void prepare(const std::string& name, const std::string& sql, int nparams) {
+    check(PQprepare(c_, name.c_str(), sql.c_str(), nparams, nullptr), "prepare " + name);
+  }
+
+  pg_result run(const std::string& name, const std::vector<const char*>& values) {
+    return check(PQexecPrepared(c_, name.c_str(), static_cast<int>(values.size()), values.data(),
+                                nullptr, nullptr, 0),
+                 name);
+  }
+
+private:
+  PGconn* c_ = nullptr;
+};
+
+std::string quote_ident(std::string_view name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"')
+      out += '"';
+    out += c;
+  }
+  return out + '"';
+}
+
+// --- the aggregate ---------------------------------------------------------------------------
+
+// The event of `mire bench store`, as an aggregate's: one deposit, one event.
+struct deposited {
+  static constexpr std::string_view type_name = "bench.deposited";
+  std::string account;
+  int64_t amount = 0;
+  std::string currency;
+  std::string note;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(deposited, account, amount, currency, note)
+
+struct deposit {
+  int64_t amount = 0;
+};
+
+struct bench_account {
+  using event = std::variant<deposited>;
+  using command = std::variant<deposit>;
+  int64_t balance = 0;
+  int64_t deposits = 0;
+
+  void apply(const event& e) {
+    balance += std::get<deposited>(e).amount;
+    ++deposits;
+  }
+  mire::decision<event> decide(const command& c) const {
+    const auto& d = std::get<deposit>(c);
+    if (d.amount <= 0)
+      return mire::reject("invalid_amount", "amount must be positive");
+    return deposited{"acc-0001", d.amount, "EUR", "bench deposit"};
+  }
+};
+static_assert(aggregate_root<bench_account>);
+
+constexpr int aggregates = 1000;
+constexpr int64_t amount = 4200;
+constexpr std::string_view event_metadata =
+    R"({"correlation_id": "bench", "source": "mire-bench"})";
+constexpr auto command_timeout = std::chrono::seconds(30);
+
+struct sizes {
+  int rounds;
+  int64_t per_sender_16; // commands per sender per round with 16 senders
+  int64_t per_sender_1;  // commands per round with 1 sender
+};
+
+sizes sizes_for(double scale) {
+  auto scaled = [&](double n, int64_t min) {
+    return std::max<int64_t>(min, static_cast<int64_t>(std::llround(n * scale)));
+  };
+  sizes s;
+  s.rounds = scale >= 0.5 ? 5 : scale >= 0.1 ? 3 : 2;
+  s.per_sender_16 = scaled(250, 10);
+  s.per_sender_1 = scaled(1500, 100);
+  return s;
+}
+
+// --- figures ------------------------------------------------------------------------------------
+
+struct figure {
+  std::string name;
+  double mire = 0;
+  double baseline = 0;
+  std::string unit;
+  double ratio = 0;
+  std::optional<double> target; // a lower bound on the ratio; none: informational
+  bool at_most = false;
+  std::string about;
+
+  bool pass() const { return !target || (at_most ? ratio <= *target : ratio >= *target); }
+  std::string target_text() const {
+    return target ? fmt::format("{} {:g}x", at_most ? "<=" : ">=", *target) : "-";
+  }
+};
+
+figure make_figure(std::string name, double mire, double baseline, std::string unit,
+                   std::optional<double> target, std::string about) {
+  return figure{
+      std::move(name), mire,  baseline,        std::move(unit), baseline > 0 ? mire / baseline : 0,
+      target,          false, std::move(about)};
+}
+
+double median(std::vector<double> v) {
+  if (v.empty())
+    return 0;
+  std::sort(v.begin(), v.end());
+  const auto n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty())
+    return 0;
+  const auto k = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  return v[k];
+}
+
+/// Runs `n` threads, each calling `body(i)` after all of them are ready; returns the seconds from
+/// the common start to the last finish.
+double run_threads(int n, const std::function<void(int)>& body) {
+  std::latch ready{n};
+  std::latch go{1};
+  std::mutex m;
+  std::optional<failure> first;
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      ready.count_down();
+      go.wait();
+      try {
+        body(i);
+      } catch (const failure& f) {
+        std::lock_guard lock{m};
+        if (!first)
+          first = f;
+      } catch (const std::exception& e) {
+        std::lock_guard lock{m};
+        if (!first)
+          first = failure(1, e.what());
+      }
+    });
+  }
+  ready.wait();
+  const auto t0 = steady::now();
+  go.count_down();
+  for (auto& t : threads)
+    t.join();
+  const double secs = seconds_since(t0);
+  if (first)
+    throw *first;
+  return secs;
+}
+
+class actors_bench {
+public:
+  actors_bench(const options& o, const actors::runtime_options& ro, std::string schema,
+               event_store store, std::vector<figure>& out)
+      : o_(o), size_(sizes_for(o.scale)), schema_(std::move(schema)), q_(quote_ident(schema_)),
+        store_(std::move(store)),
+        rt_(must(actors::runtime::start(store_, ro), "starting the runtime")), figures_(out) {
+    for (int i = 0; i < aggregates; ++i)
+      ids_.push_back(fmt::format("acct-{:04}", i));
+    raw_versions_.assign(aggregates, 0);
+    // The baseline inserts exactly the rows mire stores: same type, payload and metadata text.
+    auto data = event_codec<bench_account::event>::encode(
+        deposited{"acc-0001", amount, "EUR", "bench deposit"}, std::string(event_metadata));
+    event_type_ = data.type;
+    payload_ = data.data;
+  }
+
+  void run() {
+    {
+      raw_conn c{o_.url};
+      c.exec(fmt::format("CREATE TABLE {0}.raw_events (LIKE {0}.events INCLUDING ALL)", q_));
+    }
+    progress(fmt::format("warm-up: one command to each of {} aggregates (they load), {} baseline "
+                         "connections",
+                         aggregates, 16));
+    // Untimed: every aggregate actor spawned and loaded, every connection opened and prepared.
+    mire_round(16, aggregates / 16 + 1, nullptr);
+    raw_round(16, 10, nullptr);
+    progress(fmt::format("{} rounds of 16 senders x {} commands and of 1 sender x {} commands, "
+                         "alternating mire and baseline",
+                         size_.rounds, size_.per_sender_16, size_.per_sender_1));
+    const int senders[2] = {16, 1};
+    const int64_t per[2] = {size_.per_sender_16, size_.per_sender_1};
+    std::vector<double> mire[2], raw[2], mire_lat[2], raw_lat[2];
+    for (int r = 0; r < size_.rounds; ++r) {
+      for (int k = 0; k < 2; ++k) {
+        // Alternate which side goes first, so neither always runs on a warmer (or busier) server.
+        if ((r + k) % 2 == 0) {
+          raw[k].push_back(raw_round(senders[k], per[k], &raw_lat[k]));
+          mire[k].push_back(mire_round(senders[k], per[k], &mire_lat[k]));
+        } else {
+          mire[k].push_back(mire_round(senders[k], per[k], &mire_lat[k]));
+          raw[k].push_back(raw_round(senders[k], per[k], &raw_lat[k]));
+        }
+      }
+    }
+    verify();
+    figures_.push_back(make_figure(
+        "actors_16_senders", median(mire[0]), median(raw[0]), "cmds/s", 1.5,
+        fmt::format("16 threads calling runtime::send on {} aggregates, one event per command; "
+                    "baseline: 16 connections, one INSERT per transaction",
+                    aggregates)));
+    figures_.push_back(make_figure("actors_1_sender", median(mire[1]), median(raw[1]), "cmds/s",
+                                   0.7,
+                                   "1 thread calling runtime::send; baseline: 1 connection, one "
+                                   "INSERT per transaction"));
+    const char* label[2] = {"16", "1"};
+    for (int k = 0; k < 2; ++k) {
+      figures_.push_back(make_figure(fmt::format("latency_p50_{}", label[k]),
+                                     percentile(mire_lat[k], 0.50), percentile(raw_lat[k], 0.50),
+                                     "us", std::nullopt,
+                                     fmt::format("median command latency at {} sender(s); "
+                                                 "baseline: one INSERT + commit",
+                                                 label[k])));
+      figures_.push_back(make_figure(fmt::format("latency_p99_{}", label[k]),
+                                     percentile(mire_lat[k], 0.99), percentile(raw_lat[k], 0.99),
+                                     "us", std::nullopt,
+                                     fmt::format("99th percentile command latency at {} "
+                                                 "sender(s); baseline: one INSERT + commit",
+                                                 label[k])));
+    }
+  }
+
+private:
+  void progress(std::string_view what) {
+    if (!o_.json) {
+      fmt::print(stderr, "  {}\n", what);
+      std::fflush(stderr);
+    }
+  }
+
+  // Commands/s of `senders` threads, each sending `per_sender` commands to its own share of the
+  // aggregates (sender s: aggregates s, s + senders, ...), one at a time.
+  double mire_round(int senders, int64_t per_sender, std::vector<double>* latency) {
+    std::vector<std::vector<double>> lat(senders);
+    const std::string metadata(event_metadata);
+    const double secs = run_threads(senders, [&](int s) {
+      auto& mine = lat[s];
+      mine.reserve(static_cast<std::size_t>(per_sender));
+      std::size_t i = static_cast<std::size_t>(s);
+      for (int64_t k = 0; k < per_sender; ++k) {
+        const auto t0 = steady::now();
+        auto r = rt_.send<bench_account>(ids_[i], deposit{amount}, command_timeout, metadata);
+        mine.push_back(seconds_since(t0) * 1e6);
+        if (!r)
+          throw failure(r.failed() ? exit_code(r.error().code) : 1,
+                        fmt::format("command to {}: {}", ids_[i],
+                                    r.failed() ? r.error().what() : r.rejection().message));
+        i += static_cast<std::size_t>(senders);
+        if (i >= ids_.size())
+          i = static_cast<std::size_t>(s);
+      }
+    });
+    commands_ += senders * per_sender;
+    if (latency)
+      for (auto& l : lat)
+        latency->insert(latency->end(), l.begin(), l.end());
+    return static_cast<double>(senders * per_sender) / secs;
+  }
+
+  // The baseline: `conns` connections (kept from round to round, warm like the store's), each
+  // inserting the same rows into the same share of streams, one INSERT per transaction.
+  double raw_round(int conns, int64_t per_conn, std::vector<double>* latency) {
+    const std::string insert = fmt::format(
+        "INSERT INTO {}.raw_events (stream_id, version, event_id, event_type, payload, metadata) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        q_);
+    while (raw_conns_.size() < static_cast<std::size_t>(conns)) {
+      auto c = std::make_unique<raw_conn>(o_.url);
+      c->prepare("raw_insert", insert, 6);
+      raw_conns_.push_back(std::move(c));
+    }
+    std::vector<std::vector<double>> lat(conns);
+    const std::string meta(event_metadata);
+    const double secs = run_threads(conns, [&](int c) {
+      auto& conn = *raw_conns_[c];
+      auto& mine = lat[c];
+      mine.reserve(static_cast<std::size_t>(per_conn));
+      std::size_t i = static_cast<std::size_t>(c);
+      for (int64_t k = 0; k < per_conn; ++k) {
+        const auto t0 = steady::now();
+        const std::string v = std::to_string(++raw_versions_[i]);
+        const std::string event_id = new_uuid();
+        conn.run("raw_insert", {ids_[i].c_str(), v.c_str(), event_id.c_str(), event_type_.c_str(),
+                                payload_.c_str(), meta.c_str()});
+        mine.push_back(seconds_since(t0) * 1e6);
+        i += static_cast<std::size_t>(conns);
+        if (i >= ids_.size())
+          i = static_cast<std::size_t>(c);
+      }
+    });
+    if (latency)
+      for (auto& l : lat)
+        latency->insert(latency->end(), l.begin(), l.end());
+    return static_cast<double>(conns * per_conn) / secs;
+  }
+
+  // Every accepted command is in the log exactly once, and the aggregates agree.
+  void verify() {
+    raw_conn c{o_.url};
+    auto r = c.exec(fmt::format("SELECT count(*) FROM {}.events", q_));
+    const int64_t stored = std::stoll(PQgetvalue(r.get(), 0, 0));
+    if (stored != commands_)
+      throw failure(1, fmt::format("{} commands were accepted but the log holds {} events",
+                                   commands_, stored));
+    auto state = must(rt_.load<bench_account>(ids_[0], command_timeout), "loading an aggregate");
+    auto events = must(store_.read_stream(ids_[0]), "reading an aggregate's stream");
+    if (state.state.deposits != static_cast<int64_t>(events.size()) ||
+        state.version != static_cast<int64_t>(events.size()))
+      throw failure(1, fmt::format("{}: the actor is at version {} with {} deposits, the log "
+                                   "holds {} events",
+                                   ids_[0], state.version, state.state.deposits, events.size()));
+  }
+
+  const options& o_;
+  sizes size_;
+  std::string schema_;
+  std::string q_; // the schema, quoted
+  event_store store_;
+  actors::runtime rt_;
+  std::vector<figure>& figures_;
+  std::vector<std::string> ids_;
+  std::vector<int64_t> raw_versions_; // per aggregate: each baseline thread owns its share
+  std::vector<std::unique_ptr<raw_conn>> raw_conns_;
+  std::string event_type_, payload_;
+  int64_t commands_ = 0; // accepted through the actors, warm-up included
+};
+
+std::string number(double v) {
+  if (v >= 1000)
+    return fmt::format("{:.0f}", v);
+  if (v >= 10)
+    return fmt::format("{:.1f}", v);
+  return fmt::format("{:.2f}", v);
+}
+
+void print_table(const std::vector<figure>& figures, const std::string& server) {
+  fmt::print("\nmire bench actors  ({})\n\n", server);
+  fmt::print("{:<24} {:>12} {:>12} {:<9} {:>7}  {:<8} {}\n", "figure", "mire", "baseline", "unit",
+             "ratio", "target", "");
+  fmt::print("{}\n", std::string(84, '-'));
+  for (const auto& f : figures)
+    fmt::print("{:<24} {:>12} {:>12} {:<9} {:>6.2f}x  {:<8} {}\n", f.name, number(f.mire),
+               number(f.baseline), f.unit, f.ratio, f.target_text(),
+               !f.target  ? ""
+               : f.pass() ? "ok"
+                          : "MISSED");
+  fmt::print("\n");
+  for (const auto& f : figures)
+    fmt::print("  {}: {}\n", f.name, f.about);
+  std::fflush(stdout);
+}
+
+void print_json(const std::vector<figure>& figures) {
+  for (const auto& f : figures) {
+    nlohmann::ordered_json j{{"name", f.name},
+                             {"mire", f.mire},
+                             {"baseline", f.baseline},
+                             {"unit", f.unit},
+                             {"ratio", f.ratio}};
+    if (f.target) {
+      j["target"] = f.target_text();
+      j["pass"] = f.pass();
+    } else {
+      j["target"] = nullptr;
+      j["pass"] = nullptr;
+    }
+    fmt::print("{}\n", j.dump());
+  }
+  std::fflush(stdout);
+}
+
+/// Drops the benchmark's schema when the run ends, however it ends.
+struct schema_guard {
+  std::string url, schema;
+  ~schema_guard() {
+    try {
+      raw_conn c{url};
+      c.exec(fmt::format("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)));
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "mire bench: could not drop schema {}: {}\n", schema, e.what());
+    }
+  }
+};
+
+} // namespace
+
+int run_actors(const options& o, const actors::runtime_options& runtime) {
+  if (!(o.scale > 0) || !std::isfinite(o.scale)) {
+    fmt::print(stderr, "mire bench actors: --scale must be a positive number, not {}\n", o.scale);
+    return 2;
+  }
+  if (auto ok = actors::validate(runtime); !ok) {
+    fmt::print(stderr, "mire bench actors: {}\n", ok.error().what());
+    return 2;
+  }
+  const std::string schema = fmt::format("mire_bench_actors_{}", static_cast<long>(::getpid()));
+  std::string server;
+  std::vector<figure> figures;
+  int code = 0;
+  try {
+    {
+      raw_conn c{o.url};
+      auto r = c.exec("SELECT current_setting('server_version'), current_setting('fsync'), "
+                      "current_setting('synchronous_commit')");
+      server = fmt::format("PostgreSQL {}, fsync={}, synchronous_commit={}, scale {:g}; store "
+                           "actor: {} workers, group window {} us, max group {}",
+                           PQgetvalue(r.get(), 0, 0), PQgetvalue(r.get(), 0, 1),
+                           PQgetvalue(r.get(), 0, 2), o.scale, runtime.store.workers,
+                           runtime.store.group_window.count(), runtime.store.max_group);
+      c.exec(fmt::format("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)));
+    }
+    if (!o.json)
+      fmt::print(stderr, "mire bench actors: {}; schema {}\n", server, schema);
+    schema_guard guard{o.url, schema};
+    store_options so;
+    so.url = o.url;
+    so.schema = schema;
+    so.pool_size = runtime.store.workers + 4;
+    so.application_name = "mire-bench";
+    auto store = must(event_store::open(so), "opening the store");
+    must(store.migrate(), "migrating the bench schema");
+    actors_bench b{o, runtime, schema, std::move(store), figures};
+    b.run();
+    // b (its runtime and the store's connections) ends before the guard drops the schema.
+  } catch (const failure& f) {
+    fmt::print(stderr, "mire bench actors: {}\n", f.what());
+    code = f.code;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "mire bench actors: {}\n", e.what());
+    code = 1;
+  }
+  if (!figures.empty()) {
+    if (o.json)
+      print_json(figures);
+    else
+      print_table(figures, server);
+  }
+  return code;
+}
+
+} // namespace mire::bench

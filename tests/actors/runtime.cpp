@@ -1,0 +1,439 @@
+// mire/actors/runtime.hpp and registry.hpp against a real server: commands through aggregate
+// actors, two replicas on one database, conflicts and retries, passivation, snapshots, actors
+// killed mid-command, timeouts.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/bank.hpp"
+#include "mire/actors/errors.hpp"
+#include "mire/actors/registry.hpp"
+#include "mire/actors/runtime.hpp"
+#include "support/pg_harness.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using bank::account;
+using mire::errc;
+using mire::actors::runtime;
+using mire::actors::runtime_options;
+using clock_type = std::chrono::steady_clock;
+
+/// The log of one stream folded from scratch, with no snapshot and no actor involved.
+struct folded {
+  account state;
+  std::vector<mire::recorded_event> log;
+  bool never_negative = true;
+};
+
+folded fold(mire::event_store& store, const std::string& id) {
+  folded f;
+  f.log = store.read_stream(id).value();
+  for (const auto& rec : f.log) {
+    f.state.apply(mire::event_codec<account::event>::decode(rec.type, rec.data).value());
+    f.never_negative = f.never_negative && f.state.balance >= 0;
+  }
+  return f;
+}
+
+std::string ref_of(const mire::recorded_event& e) {
+  return nlohmann::json::parse(e.data).value("ref", "");
+}
+
+runtime start(mire::event_store store, runtime_options options = {}) {
+  auto rt = runtime::start(std::move(store), options);
+  REQUIRE_MESSAGE(rt, rt.error().what());
+  return std::move(*rt);
+}
+
+/// The live actor of `id` in `rt`, if any.
+caf::actor find_actor(runtime& rt, const std::string& id) {
+  caf::scoped_actor self{rt.system()};
+  caf::actor out;
+  self->request(mire::actors::registry_of<account>(rt), 5s, mire::actors::find_atom::value, id)
+      .receive([&](caf::actor& a) { out = a; }, [](caf::error&) {});
+  return out;
+}
+
+/// What became of one command sent by a test thread.
+struct sent {
+  std::string id;
+  std::string ref;
+  bool deposit = false;
+  int64_t amount = 0;
+  int64_t fee = 0;
+  enum { accepted, rejected, failed } kind = failed;
+  errc code = errc::internal;
+  int retries = 0;
+};
+
+template <class Result> void record(sent& s, const Result& r) {
+  if (r) {
+    s.kind = sent::accepted;
+    s.retries = r->retries;
+  } else if (r.rejected()) {
+    s.kind = sent::rejected;
+  } else {
+    s.kind = sent::failed;
+    s.code = r.error().code;
+  }
+}
+
+// Checks one account's log against what the senders were told: every accepted command's events
+// are there exactly once and whole, nothing of a rejected or failed one is, and commands in
+// doubt are there whole or not at all. Returns the refs found.
+void check_log(const folded& f, const std::map<std::string, sent>& by_ref) {
+  std::map<std::string, int> seen;
+  for (std::size_t i = 0; i < f.log.size(); ++i) {
+    const auto& e = f.log[i];
+    if (e.type == "account.opened")
+      continue;
+    const auto ref = ref_of(e);
+    ++seen[ref];
+    auto it = by_ref.find(ref);
+    REQUIRE_MESSAGE(it != by_ref.end(), "event of an unknown command ", ref);
+    const auto& s = it->second;
+    CHECK_MESSAGE((s.kind == sent::accepted || s.code == errc::commit_in_doubt), "command ", ref,
+                  " was not accepted but its events are in the log");
+    if (e.type == "account.withdrawn" && s.fee > 0) {
+      // One command, one append: the fee follows its withdrawal, always.
+      REQUIRE_MESSAGE(i + 1 < f.log.size(), "half a command: ", ref);
+      CHECK(f.log[i + 1].type == "account.fee_charged");
+      CHECK(ref_of(f.log[i + 1]) == ref);
+    }
+  }
+  for (const auto& [ref, s] : by_ref) {
+    const int expected_events = s.deposit ? 1 : (s.fee > 0 ? 2 : 1);
+    const int n = seen.count(ref) ? seen.at(ref) : 0;
+    if (s.kind == sent::accepted)
+      CHECK_MESSAGE(n == expected_events, "accepted command ", ref, " has ", n, " events");
+    else if (s.code == errc::commit_in_doubt)
+      CHECK_MESSAGE((n == 0 || n == expected_events), "command ", ref, " is half there");
+    else
+      CHECK_MESSAGE(n == 0, "refused or failed command ", ref, " is in the log");
+  }
+}
+
+void same_state(const account& a, const account& b) {
+  CHECK(a.is_open == b.is_open);
+  CHECK(a.is_closed == b.is_closed);
+  CHECK(a.owner == b.owner);
+  CHECK(a.balance == b.balance);
+  CHECK(a.events == b.events);
+}
+
+} // namespace
+
+TEST_SUITE("pg") {
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a command is decided, recorded, applied and answered; a refused one records "
+                    "nothing") {
+    auto rt = start(store);
+    auto opened = rt.send<account>("account-1", bank::open{"Ada"}, 10s);
+    REQUIRE_MESSAGE(opened, (opened.failed() ? opened.error().what() : "rejected"));
+    CHECK(opened->version == 1);
+    CHECK(opened->events == std::vector<account::event>{bank::opened{"Ada"}});
+
+    auto dep = rt.send<account>("account-1", bank::deposit{100, "d1"}, 10s,
+                                R"({"correlation_id": "c-1"})");
+    REQUIRE(dep);
+    CHECK(dep->version == 2);
+    CHECK(dep->retries == 0);
+
+    auto over = rt.send<account>("account-1", bank::withdraw{500, 1, "w1"}, 10s);
+    REQUIRE(over.rejected());
+    CHECK(over.rejection().code == "insufficient_funds");
+    CHECK_FALSE(over.failed());
+
+    auto state = rt.load<account>("account-1", 10s);
+    REQUIRE(state);
+    CHECK(state->version == 2);
+    CHECK(state->state.balance == 100);
+
+    auto f = fold(store, "account-1");
+    REQUIRE(f.log.size() == 2);
+    same_state(state->state, f.state);
+    CHECK(nlohmann::json::parse(f.log[1].metadata) == nlohmann::json{{"correlation_id", "c-1"}});
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a write by another process is caught up with and the command decided again") {
+    runtime_options options;
+    auto rt = start(store, options);
+    REQUIRE(rt.send<account>("account-1", bank::open{"Ada"}, 10s));
+    // Behind the actor's back, as another replica would.
+    auto extra = mire::event_codec<account::event>::encode(bank::deposited{50, "outside"});
+    REQUIRE(store.append("account-1", mire::expected_version::exactly(1), {extra}));
+
+    auto w = rt.send<account>("account-1", bank::withdraw{40, 0, "w1"}, 10s);
+    REQUIRE_MESSAGE(w, (w.failed() ? w.error().what() : w.rejection().message));
+    CHECK(w->retries == 1);
+    CHECK(w->version == 3);
+    auto state = rt.load<account>("account-1", 10s).value();
+    CHECK(state.state.balance == 10);
+    same_state(state.state, fold(store, "account-1").state);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "with retries exhausted the caller gets the conflict and nothing is recorded") {
+    auto rt = start(store);
+    mire::actors::aggregate_options no_retries;
+    no_retries.max_retries = 0;
+    REQUIRE(rt.configure<account>(no_retries));
+    REQUIRE(rt.send<account>("account-1", bank::open{"Ada"}, 10s));
+    auto extra = mire::event_codec<account::event>::encode(bank::deposited{50, "outside"});
+    REQUIRE(store.append("account-1", mire::expected_version::exactly(1), {extra}));
+
+    auto d = rt.send<account>("account-1", bank::deposit{5, "d1"}, 10s);
+    REQUIRE(d.failed());
+    CHECK(d.error().code == errc::version_conflict);
+    CHECK(d.error().stream_id == "account-1");
+    CHECK(d.error().expected == 1);
+    CHECK(d.error().actual == 2);
+    CHECK(store.stream_version("account-1").value() == 2);
+    // The failed command left the actor caught up: the next one goes through.
+    REQUIRE(rt.send<account>("account-1", bank::deposit{5, "d2"}, 10s));
+    CHECK(fold(store, "account-1").state.balance == 55);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "an aggregate type is configured before its first use") {
+    auto rt = start(store);
+    mire::actors::aggregate_options bad;
+    bad.snapshot_every = -1;
+    CHECK(rt.configure<account>(bad).error().code == errc::bad_input);
+    REQUIRE(rt.send<account>("account-1", bank::open{"Ada"}, 10s));
+    auto late = rt.configure<account>({});
+    REQUIRE_FALSE(late);
+    CHECK(late.error().code == errc::bad_input);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "two replicas hammering the same 50 aggregates lose no update and record "
+                    "every accepted command exactly once") {
+    constexpr int accounts = 50;
+    constexpr int threads_per_replica = 4;
+    constexpr int commands_per_thread = 150;
+
+    // Replica A owns its actor system; replica B runs on one the program owns.
+    runtime_options options;
+    options.aggregates.snapshot_every = 20;
+    auto a = start(store, options);
+    caf::actor_system_config cfg_b;
+    mire::actors::add_mire_types(cfg_b);
+    caf::actor_system sys_b{cfg_b};
+    auto store_b = mire::event_store::open({url, "mire", 8}).value();
+    auto b_started = runtime::start(sys_b, store_b, options);
+    REQUIRE_MESSAGE(b_started, b_started.error().what());
+    auto b = std::move(*b_started);
+
+    auto id_of = [](int i) { return "acct-" + std::to_string(i); };
+    for (int i = 0; i < accounts; ++i)
+      REQUIRE(a.send<account>(id_of(i), bank::open{"owner " + std::to_string(i)}, 10s));
+
+    std::vector<std::vector<sent>> results(2 * threads_per_replica);
+    std::vector<std::thread> threads;
+    const auto t0 = clock_type::now();
+    for (int t = 0; t < 2 * threads_per_replica; ++t) {
+      threads.emplace_back([&, t] {
+        runtime& rt = t % 2 == 0 ? a : b;
+        std::mt19937 rng(static_cast<unsigned>(t) * 7919u + 1u);
+        for (int i = 0; i < commands_per_thread; ++i) {
+          sent s;
+          s.id = id_of(static_cast<int>(rng() % accounts));
+          s.ref = "t" + std::to_string(t) + "-" + std::to_string(i);
+          s.deposit = rng() % 10 < 6;
+          s.amount = 1 + static_cast<int64_t>(rng() % (s.deposit ? 100 : 150));
+          s.fee = s.deposit ? 0 : 1;
+          if (s.deposit)
+            record(s, rt.send<account>(s.id, bank::deposit{s.amount, s.ref}, 30s));
+          else
+            record(s, rt.send<account>(s.id, bank::withdraw{s.amount, s.fee, s.ref}, 30s));
+          results[t].push_back(std::move(s));
+        }
+      });
+    }
+    for (auto& th : threads)
+      th.join();
+    const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
+
+    std::map<std::string, std::map<std::string, sent>> by_account;
+    int accepted = 0, rejected = 0, conflicts = 0, retried = 0;
+    int64_t net = 0;
+    for (const auto& rs : results)
+      for (const auto& s : rs) {
+        by_account[s.id].emplace(s.ref, s);
+        if (s.kind == sent::accepted) {
+          ++accepted;
+          retried += s.retries > 0;
+          net += s.deposit ? s.amount : -(s.amount + s.fee);
+        } else if (s.kind == sent::rejected) {
+          ++rejected;
+        } else {
+          CHECK_MESSAGE(s.code == errc::version_conflict, "command ", s.ref, " failed with ",
+                        mire::to_string(s.code));
+          ++conflicts;
+        }
+      }
+    MESSAGE(accepted, " accepted (", retried, " after retries), ", rejected, " rejected, ",
+            conflicts, " conflicts after retries; ",
+            static_cast<int>((accepted + rejected + conflicts) / seconds), " commands/s");
+    CHECK(accepted > 0);
+
+    int64_t total = 0;
+    for (int i = 0; i < accounts; ++i) {
+      const auto id = id_of(i);
+      auto f = fold(store, id);
+      CHECK(f.never_negative);
+      check_log(f, by_account[id]);
+      total += f.state.balance;
+      // Both replicas, caught up, agree with the log.
+      for (runtime* rt : {&a, &b}) {
+        auto s = rt->load<account>(id, 10s);
+        REQUIRE_MESSAGE(s, s.error().what());
+        CHECK(s->version == static_cast<int64_t>(f.log.size()));
+        same_state(s->state, f.state);
+      }
+    }
+    CHECK(total == net);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a passivated aggregate reloads from its snapshot to the same state") {
+    auto rt = start(store);
+    mire::actors::aggregate_options options;
+    options.passivate_after = 100ms;
+    options.snapshot_every = 5;
+    REQUIRE(rt.configure<account>(options));
+    REQUIRE(rt.send<account>("account-1", bank::open{"Ada"}, 10s));
+    for (int i = 1; i <= 11; ++i)
+      REQUIRE(rt.send<account>("account-1", bank::deposit{i, "d" + std::to_string(i)}, 10s));
+    auto before = rt.load<account>("account-1", 10s).value();
+    CHECK(before.version == 12);
+    CHECK(before.state.applied == 12);
+    REQUIRE(find_actor(rt, "account-1"));
+
+    const auto deadline = clock_type::now() + 10s;
+    while (find_actor(rt, "account-1") && clock_type::now() < deadline)
+      std::this_thread::sleep_for(20ms);
+    REQUIRE_FALSE(find_actor(rt, "account-1"));
+
+    auto snap = store.load_snapshot("account-1").value();
+    REQUIRE(snap);
+    CHECK(snap->version == 10);
+    auto after = rt.load<account>("account-1", 10s).value();
+    CHECK(after.version == 12);
+    same_state(after.state, before.state);
+    CHECK(after.state.applied == 2); // the snapshot at 10, then two events
+    same_state(after.state, fold(store, "account-1").state);
+    auto more = rt.send<account>("account-1", bank::deposit{100, "d12"}, 10s);
+    REQUIRE(more);
+    CHECK(more->version == 13);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "killing aggregate actors mid-command loses no committed event and records "
+                    "no half command") {
+    constexpr int accounts = 5;
+    runtime_options options;
+    options.store.group_window = 5ms; // appends wait in the store actor: kills land mid-command
+    auto rt = start(store, options);
+    auto id_of = [](int i) { return "acct-" + std::to_string(i); };
+    for (int i = 0; i < accounts; ++i) {
+      REQUIRE(rt.send<account>(id_of(i), bank::open{"Ada"}, 10s));
+      REQUIRE(rt.send<account>(id_of(i), bank::deposit{1'000'000, "seed-" + id_of(i)}, 10s));
+    }
+
+    std::atomic<bool> done{false};
+    std::atomic<int> kills{0};
+    std::vector<std::vector<sent>> results(3);
+    std::vector<std::thread> senders;
+    const auto until = clock_type::now() + 1500ms;
+    for (int t = 0; t < 3; ++t)
+      senders.emplace_back([&, t] {
+        std::mt19937 rng(static_cast<unsigned>(t) + 11u);
+        for (int i = 0; clock_type::now() < until; ++i) {
+          sent s;
+          s.id = id_of(static_cast<int>(rng() % accounts));
+          s.ref = "t" + std::to_string(t) + "-" + std::to_string(i);
+          s.amount = 1;
+          s.fee = 1;
+          record(s, rt.send<account>(s.id, bank::withdraw{s.amount, s.fee, s.ref}, 30s));
+          results[t].push_back(std::move(s));
+        }
+      });
+    std::thread killer([&] {
+      std::mt19937 rng(99);
+      caf::scoped_actor self{rt.system()};
+      while (!done) {
+        if (auto h = find_actor(rt, id_of(static_cast<int>(rng() % accounts)))) {
+          self->send_exit(h, caf::exit_reason::kill);
+          ++kills;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 10));
+      }
+    });
+    for (auto& th : senders)
+      th.join();
+    done = true;
+    killer.join();
+
+    std::map<std::string, std::map<std::string, sent>> by_account;
+    for (int i = 0; i < accounts; ++i) {
+      sent seed{id_of(i), "seed-" + id_of(i), true, 1'000'000, 0, sent::accepted};
+      by_account[seed.id].emplace(seed.ref, seed);
+    }
+    int accepted = 0, in_doubt = 0;
+    for (const auto& rs : results)
+      for (const auto& s : rs) {
+        by_account[s.id].emplace(s.ref, s);
+        if (s.kind == sent::accepted)
+          ++accepted;
+        else
+          CHECK_MESSAGE((s.kind == sent::failed && s.code == errc::commit_in_doubt), "command ",
+                        s.ref, " neither accepted nor in doubt");
+        in_doubt += s.kind == sent::failed;
+      }
+    MESSAGE(kills.load(), " kills; ", accepted, " commands accepted, ", in_doubt, " in doubt");
+    CHECK(kills > 0);
+    CHECK(in_doubt > 0);
+    CHECK(accepted > 0);
+
+    for (int i = 0; i < accounts; ++i) {
+      const auto id = id_of(i);
+      auto f = fold(store, id);
+      check_log(f, by_account[id]);
+      // The respawned actor (or a fresh one) is the fold of the log.
+      auto s = rt.load<account>(id, 10s);
+      REQUIRE_MESSAGE(s, s.error().what());
+      CHECK(s->version == static_cast<int64_t>(f.log.size()));
+      same_state(s->state, f.state);
+    }
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a caller that stops waiting gets a timeout; the command may still land") {
+    runtime_options options;
+    options.store.group_window = 500ms;
+    auto rt = start(store, options);
+    auto r = rt.send<account>("account-1", bank::open{"Ada"}, 50ms);
+    REQUIRE(r.failed());
+    CHECK(r.error().code == errc::timeout);
+    CHECK(r.error().stream_id == "account-1");
+    auto state = rt.load<account>("account-1", 10s);
+    REQUIRE(state);
+    CHECK(state->state.is_open);
+  }
+}
