@@ -12,9 +12,10 @@
 //
 // The aggregates live in a runtime configured like `mire` is (config/mire.ini, environment,
 // --mire.* flags), so the group-commit settings can be tried out: `mire bench actors
-// --mire.store.workers=8 --mire.store.group_window=200us`. mire writes into a fresh schema
-// (mire_bench_actors_<pid>), the baseline into <schema>.raw_events created LIKE <schema>.events
-// INCLUDING ALL; the schema is dropped at the end, also after a failure.
+// --mire.store.workers=8 --mire.store.group_window=200us --mire.scheduler.policy=stealing`. mire
+// writes into a fresh schema (mire_bench_actors_<pid>), the baseline into <schema>.raw_events
+// created LIKE <schema>.events INCLUDING ALL; the schema is dropped at the end, also after a
+// failure.
 #include "bench.hpp"
 
 #include <libpq-fe.h>
@@ -274,11 +275,11 @@ double run_threads(int n, const std::function<void(int)>& body) {
 
 class actors_bench {
 public:
-  actors_bench(const options& o, const actors::runtime_options& ro, std::string schema,
-               event_store store, std::vector<figure>& out)
+  actors_bench(const options& o, const config::settings& cfg, std::string schema, event_store store,
+               std::vector<figure>& out)
       : o_(o), size_(sizes_for(o.scale)), schema_(std::move(schema)), q_(quote_ident(schema_)),
         store_(std::move(store)),
-        rt_(must(actors::runtime::start(store_, ro), "starting the runtime")), figures_(out) {
+        rt_(must(config::start_runtime(cfg, store_), "starting the runtime")), figures_(out) {
     for (int i = 0; i < aggregates; ++i)
       ids_.push_back(fmt::format("acct-{:04}", i));
     raw_versions_.assign(aggregates, 0);
@@ -364,7 +365,7 @@ private:
       std::size_t i = static_cast<std::size_t>(s);
       for (int64_t k = 0; k < per_sender; ++k) {
         const auto t0 = steady::now();
-        auto r = rt_.send<bench_account>(ids_[i], deposit{amount}, command_timeout, metadata);
+        auto r = rt_->send<bench_account>(ids_[i], deposit{amount}, command_timeout, metadata);
         mine.push_back(seconds_since(t0) * 1e6);
         if (!r)
           throw failure(r.failed() ? exit_code(r.error().code) : 1,
@@ -427,7 +428,7 @@ private:
     if (stored != commands_)
       throw failure(1, fmt::format("{} commands were accepted but the log holds {} events",
                                    commands_, stored));
-    auto state = must(rt_.load<bench_account>(ids_[0], command_timeout), "loading an aggregate");
+    auto state = must(rt_->load<bench_account>(ids_[0], command_timeout), "loading an aggregate");
     auto events = must(store_.read_stream(ids_[0]), "reading an aggregate's stream");
     if (state.state.deposits != static_cast<int64_t>(events.size()) ||
         state.version != static_cast<int64_t>(events.size()))
@@ -441,7 +442,7 @@ private:
   std::string schema_;
   std::string q_; // the schema, quoted
   event_store store_;
-  actors::runtime rt_;
+  config::runtime_host rt_;
   std::vector<figure>& figures_;
   std::vector<std::string> ids_;
   std::vector<int64_t> raw_versions_; // per aggregate: each baseline thread owns its share
@@ -509,7 +510,8 @@ struct schema_guard {
 
 } // namespace
 
-int run_actors(const options& o, const actors::runtime_options& runtime) {
+int run_actors(const options& o, const config::settings& cfg) {
+  const auto& runtime = cfg.runtime;
   if (!(o.scale > 0) || !std::isfinite(o.scale)) {
     fmt::print(stderr, "mire bench actors: --scale must be a positive number, not {}\n", o.scale);
     return 2;
@@ -528,10 +530,11 @@ int run_actors(const options& o, const actors::runtime_options& runtime) {
       auto r = c.exec("SELECT current_setting('server_version'), current_setting('fsync'), "
                       "current_setting('synchronous_commit')");
       server = fmt::format("PostgreSQL {}, fsync={}, synchronous_commit={}, scale {:g}; store "
-                           "actor: {} workers, group window {} us, max group {}",
+                           "actor: {} workers, group window {} us, max group {}; scheduler {}",
                            PQgetvalue(r.get(), 0, 0), PQgetvalue(r.get(), 0, 1),
                            PQgetvalue(r.get(), 0, 2), o.scale, runtime.store.workers,
-                           runtime.store.group_window.count(), runtime.store.max_group);
+                           runtime.store.group_window.count(), runtime.store.max_group,
+                           cfg.scheduler.policy);
       c.exec(fmt::format("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)));
     }
     if (!o.json)
@@ -544,7 +547,7 @@ int run_actors(const options& o, const actors::runtime_options& runtime) {
     so.application_name = "mire-bench";
     auto store = must(event_store::open(so), "opening the store");
     must(store.migrate(), "migrating the bench schema");
-    actors_bench b{o, runtime, schema, std::move(store), figures};
+    actors_bench b{o, cfg, schema, std::move(store), figures};
     b.run();
     // b (its runtime and the store's connections) ends before the guard drops the schema.
   } catch (const failure& f) {

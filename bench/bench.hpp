@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "mire/actors/options.hpp"
+#include "mire/config/config.hpp"
 
 namespace mire::bench {
 
@@ -17,8 +17,9 @@ struct options {
 /// `mire bench store`. Returns a process exit code.
 int run_store(const options& o);
 
-/// `mire bench actors`: commands through aggregate actors on a runtime with `runtime` options
-/// (the configuration's), against one-INSERT-per-transaction raw libpq. Returns an exit code.
-int run_actors(const options& o, const actors::runtime_options& runtime = {});
+/// `mire bench actors`: commands through aggregate actors on a runtime configured by `cfg` (its
+/// store actor, aggregate and scheduler options), against one-INSERT-per-transaction raw libpq.
+/// Returns an exit code.
+int run_actors(const options& o, const config::settings& cfg);
 
 } // namespace mire::bench

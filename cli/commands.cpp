@@ -285,7 +285,7 @@ int run_bench(const context& ctx, const command_line& cl) {
   // The benchmarks work in a schema of their own, so they need no migrated store here.
   const bench::options o{.url = *url, .json = ctx.json_output(), .scale = scale};
   if (which == "actors")
-    return bench::run_actors(o, ctx.settings().runtime);
+    return bench::run_actors(o, ctx.settings());
   return bench::run_store(o);
 }
 
@@ -317,6 +317,7 @@ int run_config(const context& ctx, const command_line& cl) {
                {"passivate_after_us", us(ag.passivate_after)},
                {"max_retries", ag.max_retries},
                {"store_timeout_us", us(ag.store_timeout)}}},
+             {"scheduler", {{"policy", s.scheduler.policy}, {"threads", s.scheduler.threads}}},
              {"origin", s.origin}});
   return 0;
 }

@@ -287,21 +287,23 @@ int run_demo_actors(const context& ctx, const command_line& cl, event_store stor
     fmt::print("\nthe actor runtime: {} accounts (bank-{}-*), each an aggregate actor; {} "
                "concurrent clients\n",
                o.accounts, tag, o.clients);
-    fmt::print("store actor: {} workers, group window {} us, max group {}; configuration: {}\n\n",
+    fmt::print("store actor: {} workers, group window {} us, max group {}; scheduler {}; "
+               "configuration: {}\n\n",
                options.store.workers, options.store.group_window.count(), options.store.max_group,
+               ctx.settings().scheduler.policy,
                ctx.settings().file.empty() ? "built-in defaults" : ctx.settings().file);
   }
 
   tally opened, run;
   double open_secs = 0, run_secs = 0;
   {
-    auto rt = runtime::start(store, options);
-    if (!rt)
-      return ctx.fail(rt.error());
+    auto host = config::start_runtime(ctx.settings(), store);
+    if (!host)
+      return ctx.fail(host.error());
     std::vector<client> cs;
     cs.reserve(n_clients);
     for (std::size_t c = 0; c < n_clients; ++c)
-      cs.emplace_back(*rt, ids, static_cast<unsigned>(0x5eed + c));
+      cs.emplace_back(**host, ids, static_cast<unsigned>(0x5eed + c));
 
     // Opening: each client opens its share of the accounts.
     open_secs = run_threads(n_clients, [&](std::size_t c) {

@@ -13,18 +13,23 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <optional>
 #include <sstream>
 
+#include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/atom.hpp>
 #include <caf/config_option_adder.hpp>
 #include <caf/config_option_set.hpp>
 #include <caf/config_value.hpp>
 #include <caf/pec.hpp>
 #include <caf/settings.hpp>
 #include <fmt/format.h>
+
+#include "mire/actors/errors.hpp"
 
 namespace mire::config {
 
@@ -64,6 +69,10 @@ constexpr option_def defs[] = {
      "reloads and retries of a command after a version conflict"},
     {"mire.aggregates.store_timeout", "MIRE_STORE_TIMEOUT", kind::duration,
      "longest wait of an aggregate actor for the store actor"},
+    {"mire.scheduler.policy", "MIRE_SCHEDULER", kind::string,
+     "CAF scheduler: \"sharing\" (wakes at once) or \"stealing\" (CAF's default)"},
+    {"mire.scheduler.threads", "MIRE_SCHEDULER_THREADS", kind::integer,
+     "CAF scheduler threads (0 = CAF's default: cores, at least 4)"},
 };
 
 std::string_view type_name(kind k) {
@@ -210,6 +219,8 @@ private:
   }
 
   result<void> read_file(const std::string& path) {
+    if (std::error_code ec; std::filesystem::is_directory(path, ec))
+      return bad_input(fmt::format("the configuration file {} is a directory", printable(path)));
     std::ifstream in{path};
     if (!in)
       return bad_input(fmt::format("cannot read the configuration file {}: {}", printable(path),
@@ -245,7 +256,8 @@ private:
     for (const auto& [name, value] : parsed) {
       if (name != "mire")
         return bad_input(fmt::format("configuration file {}: unknown section or key {} (mire reads "
-                                     "[mire], [mire.database], [mire.store], [mire.aggregates])",
+                                     "[mire], [mire.database], [mire.store], [mire.aggregates], "
+                                     "[mire.scheduler])",
                                      path, printable(name)));
       if (auto ok = check_keys("mire", value, path); !ok)
         return ok;
@@ -405,6 +417,8 @@ private:
              integer("mire.aggregates.max_retries", defaults.aggregates.max_retries, 0, 1000));
     MIRE_TRY(store_timeout,
              duration("mire.aggregates.store_timeout", defaults.aggregates.store_timeout));
+    MIRE_TRY(policy, string("mire.scheduler.policy", "sharing"));
+    MIRE_TRY(threads, integer("mire.scheduler.threads", 0, 0, 256));
 #undef MIRE_TRY
 
     // The database.
@@ -440,6 +454,14 @@ private:
       const std::string key = "mire." + msg.substr(0, msg.find(' '));
       return bad_input("mire." + msg + (origin_.count(key) ? from(key) : std::string()));
     }
+
+    // The actor system.
+    if (*policy != "sharing" && *policy != "stealing")
+      return bad_input(fmt::format("mire.scheduler.policy must be \"sharing\" or \"stealing\", "
+                                   "got {}{}",
+                                   printable(*policy), from("mire.scheduler.policy")));
+    s.scheduler.policy = *policy;
+    s.scheduler.threads = static_cast<std::size_t>(*threads);
 
     // The replica.
     if (replica->empty()) {
@@ -481,7 +503,7 @@ private:
 
 // --- describe -------------------------------------------------------------------------------
 
-std::string quoted(std::string_view s) {
+std::string ini_string(std::string_view s) {
   std::string out = "\"";
   for (char c : s) {
     if (c == '"' || c == '\\')
@@ -618,10 +640,11 @@ std::string describe(const settings& s) {
   };
   const auto& st = s.runtime.store;
   const auto& ag = s.runtime.aggregates;
-  line("mire.replica_id", quoted(s.replica_id), s.replica_id_derived ? ", derived: host-pid" : "");
-  line("mire.database.url", quoted(masked_url(s.store.url)),
+  line("mire.replica_id", ini_string(s.replica_id),
+       s.replica_id_derived ? ", derived: host-pid" : "");
+  line("mire.database.url", ini_string(masked_url(s.store.url)),
        s.store.url.empty() ? ", the embedded server" : "");
-  line("mire.database.schema", quoted(s.store.schema));
+  line("mire.database.schema", ini_string(s.store.schema));
   line("mire.database.pool_size", std::to_string(s.store.pool_size),
        s.pool_size_derived ? ", derived: workers + 4" : "");
   line("mire.database.connect_timeout",
@@ -633,7 +656,55 @@ std::string describe(const settings& s) {
   line("mire.aggregates.passivate_after", duration_text(ag.passivate_after));
   line("mire.aggregates.max_retries", std::to_string(ag.max_retries));
   line("mire.aggregates.store_timeout", duration_text(ag.store_timeout));
+  line("mire.scheduler.policy", ini_string(s.scheduler.policy));
+  line("mire.scheduler.threads", std::to_string(s.scheduler.threads),
+       s.scheduler.threads == 0 ? ", CAF's default" : "");
   return out;
+}
+
+// --- runtime_host -----------------------------------------------------------------------------
+
+struct runtime_host::impl {
+  // Torn down in this order: the runtime stops its actors, the system waits for them, then the
+  // configuration the system was built from goes.
+  caf::actor_system_config config;
+  std::unique_ptr<caf::actor_system> system;
+  std::optional<actors::runtime> rt;
+
+  ~impl() {
+    rt.reset();
+    system.reset();
+  }
+};
+
+runtime_host::runtime_host(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+runtime_host::runtime_host(runtime_host&&) noexcept = default;
+runtime_host& runtime_host::operator=(runtime_host&&) noexcept = default;
+runtime_host::~runtime_host() = default;
+
+actors::runtime& runtime_host::runtime() {
+  return *impl_->rt;
+}
+
+result<runtime_host> start_runtime(const settings& s, event_store store) {
+  if (s.scheduler.policy != "sharing" && s.scheduler.policy != "stealing")
+    return bad_input("mire.scheduler.policy must be \"sharing\" or \"stealing\", got " +
+                     printable(s.scheduler.policy));
+  if (auto ok = actors::validate(s.runtime); !ok)
+    return error{errc::bad_input, "mire." + ok.error().message};
+  auto p = std::make_unique<runtime_host::impl>();
+  actors::add_mire_types(p->config);
+  // CAF 0.17 names the policy with an atom (a compile-time literal).
+  p->config.set("scheduler.policy",
+                s.scheduler.policy == "sharing" ? caf::atom("sharing") : caf::atom("stealing"));
+  if (s.scheduler.threads > 0)
+    p->config.set("scheduler.max-threads", s.scheduler.threads);
+  p->system = std::make_unique<caf::actor_system>(p->config);
+  auto rt = actors::runtime::start(*p->system, std::move(store), s.runtime);
+  if (!rt)
+    return rt.error();
+  p->rt.emplace(std::move(*rt));
+  return runtime_host{std::move(p)};
 }
 
 } // namespace mire::config

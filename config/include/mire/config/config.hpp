@@ -7,19 +7,31 @@
 //     auto cfg = mire::config::load(argc, argv);   // flags > env > file > defaults
 //     if (!cfg) { std::cerr << cfg.error().what() << "\n"; return 2; }
 //     auto store = mire::event_store::open(cfg->values.store).value();
-//     auto rt = mire::actors::runtime::start(store, cfg->values.runtime).value();
+//     auto rt = mire::config::start_runtime(cfg->values, store).value();  // rt->send<A>(...)
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "mire/actors/options.hpp"
+#include "mire/actors/runtime.hpp"
 #include "mire/store/error.hpp"
 #include "mire/store/event_store.hpp"
 
 namespace mire::config {
+
+/// The actor system's scheduler (CAF's), for runtimes started with start_runtime().
+struct scheduler_options {
+  /// "sharing": one queue, idle threads wait on a condition variable and wake at once (lowest
+  /// request/reply latency on few cores); "stealing": CAF's default, per-thread queues, idle
+  /// threads poll and sleep between polls (tens of microseconds per hop when lightly loaded).
+  std::string policy = "sharing";
+  /// Scheduler threads; 0 = CAF's default (the number of cores, at least 4).
+  std::size_t threads = 0;
+};
 
 /// The effective configuration.
 struct settings {
@@ -28,6 +40,8 @@ struct settings {
   store_options store;
   /// The actor runtime: the store actor's workers and group commit, the aggregates' policy.
   actors::runtime_options runtime;
+  /// The actor system of start_runtime().
+  scheduler_options scheduler;
   /// This process among the replicas sharing one database (derived when not configured).
   std::string replica_id;
   /// True when replica_id was not configured and was derived from the host name and pid.
@@ -77,6 +91,29 @@ result<loaded> load(int argc, const char* const* argv);
 /// Checks a Postgres schema name as the store will (1-63 characters of a-z, 0-9, _, not starting
 /// with a digit); bad_input names `option`.
 result<void> check_schema(std::string_view option, std::string_view schema);
+
+/// An actor runtime on an actor system of its own, configured by the settings (scheduler and
+/// runtime options); actors::runtime::start(store) instead runs on CAF's default scheduler.
+/// Stops the runtime, then waits for the actor system, when destroyed.
+class runtime_host {
+public:
+  runtime_host(runtime_host&&) noexcept;
+  runtime_host& operator=(runtime_host&&) noexcept;
+  ~runtime_host();
+
+  actors::runtime& runtime();
+  actors::runtime* operator->() { return &runtime(); }
+  actors::runtime& operator*() { return runtime(); }
+
+private:
+  friend result<runtime_host> start_runtime(const settings& s, event_store store);
+  struct impl;
+  explicit runtime_host(std::unique_ptr<impl> p);
+  std::unique_ptr<impl> impl_;
+};
+
+/// Starts a runtime on `store` as configured by `s`. bad_input names an invalid option.
+result<runtime_host> start_runtime(const settings& s, event_store store);
 
 /// The effective configuration as INI text (a valid configuration file), each value followed by
 /// a comment saying where it came from.
