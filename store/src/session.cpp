@@ -239,6 +239,27 @@ WHERE {s}.snapshots.version <= excluded.version
                   "WHERE stream_id = s.id) FROM unnest($1::text[]) AS s(id)");
   batch_copy = s("COPY {s}.events (stream_id, version, event_id, event_type, payload, metadata) "
                  "FROM STDIN");
+  append_group_set = s(R"sql(
+WITH req AS (
+  SELECT r.idx, r.stream_id, r.expected, r.n,
+         (SELECT coalesce(max(e.version), 0) FROM {s}.events e WHERE e.stream_id = r.stream_id) AS head,
+         (sum(r.n) OVER (ORDER BY r.idx) - r.n)::int AS off
+  FROM unnest($1::text[], $2::bigint[], $3::int[]) WITH ORDINALITY AS r(stream_id, expected, n, idx)
+), go AS (
+  SELECT * FROM req WHERE expected < 0 OR expected = head
+), ins AS (
+  INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
+  SELECT g.stream_id, g.head + k, ($4::uuid[])[g.off + k], ($5::text[])[g.off + k],
+         ($6::jsonb[])[g.off + k], ($7::jsonb[])[g.off + k]
+  FROM go g, generate_series(1, g.n) AS k
+  ORDER BY g.idx, k
+  RETURNING stream_id, global_position
+)
+SELECT CASE WHEN g.idx IS NULL THEN 'conflict' ELSE 'ok' END, r.head + r.n,
+       min(i.global_position), max(i.global_position), r.head
+FROM req r LEFT JOIN go g ON g.idx = r.idx LEFT JOIN ins i ON i.stream_id = r.stream_id
+GROUP BY r.idx, g.idx, r.head, r.n
+ORDER BY r.idx)sql");
   append_group = s("SELECT r_outcome, r_version, r_first, r_last, r_actual FROM "
                    "{s}.append_group($1::text[], $2::bigint[], $3::int[], $4::uuid[], $5::text[], "
                    "$6::jsonb[], $7::jsonb[])");
@@ -736,13 +757,17 @@ result<std::vector<result<append_result>>> append_group(pg::connection& conn,
   std::vector<result<append_result>> out;
   if (group.empty())
     return out;
-  auto r = conn.query(
-      "mire_append_group", sql.append_group,
-      {streams, expected, counts,
-       array_literal(all, [](auto& e) -> std::string_view { return e.event_id; }),
-       array_literal(all, [](auto& e) -> std::string_view { return e.type; }),
-       array_literal(all, [](auto& e) -> std::string_view { return e.data; }),
-       array_literal(all, [](auto& e) -> std::string_view { return e.metadata; })});
+  const std::string ids = array_literal(all, [](auto& e) -> std::string_view { return e.event_id; });
+  const std::string types = array_literal(all, [](auto& e) -> std::string_view { return e.type; });
+  const std::string data = array_literal(all, [](auto& e) -> std::string_view { return e.data; });
+  const std::string meta = array_literal(all, [](auto& e) -> std::string_view { return e.metadata; });
+  const std::vector<pg::param> params{streams, expected, counts, ids, types, data, meta};
+  // One set-based statement first: stale expectations are filtered out, not raised, so only a
+  // unique key (a concurrent writer, a resent append) can fail it — then the per-append
+  // subtransactions of the function sort each append out on its own.
+  auto r = conn.query("mire_append_group_set", sql.append_group_set, params);
+  if (!r && r.error().sqlstate == "23505" && !conn.last_failure_lost_connection())
+    r = conn.query("mire_append_group", sql.append_group, params);
   if (!r) {
     auto err = std::move(r).error();
     if (conn.last_failure_lost_connection()) {
