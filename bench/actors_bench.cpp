@@ -17,6 +17,7 @@
 // created LIKE <schema>.events INCLUDING ALL; the schema is dropped at the end, also after a
 // failure.
 #include "bench.hpp"
+#include "common.hpp"
 
 #include <libpq-fe.h>
 #include <unistd.h>
@@ -50,92 +51,7 @@ namespace mire::bench {
 
 namespace {
 
-using steady = std::chrono::steady_clock;
-
-double seconds_since(steady::time_point t0) {
-  return std::chrono::duration<double>(steady::now() - t0).count();
-}
-
-/// A failure that ends the benchmark, with the exit code of the `mire` command.
-struct failure : std::runtime_error {
-  int code;
-  failure(int c, const std::string& what) : std::runtime_error(what), code(c) {}
-};
-
-template <class T> T must(result<T> r, std::string_view doing) {
-  if (!r)
-    throw failure(exit_code(r.error().code), fmt::format("{}: {}", doing, r.error().what()));
-  if constexpr (!std::is_void_v<T>)
-    return std::move(*r);
-}
-
-// --- raw libpq, for the baselines ------------------------------------------------------------
-
-using pg_result = std::unique_ptr<PGresult, decltype(&PQclear)>;
-
-class raw_conn {
-public:
-  explicit raw_conn(const std::string& url) {
-    const char* keys[] = {"dbname", "application_name", nullptr};
-    const char* values[] = {url.c_str(), "mire-bench-baseline", nullptr};
-    c_ = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
-    if (c_ == nullptr || PQstatus(c_) != CONNECTION_OK) {
-      std::string msg = c_ ? PQerrorMessage(c_) : "out of memory";
-      while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' '))
-        msg.pop_back();
-      if (c_)
-        PQfinish(c_);
-      c_ = nullptr;
-      throw failure(4, "database unavailable: " + msg);
-    }
-    // The same session settings as the store's connections.
-    exec("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET client_min_messages = 'warning'");
-  }
-  ~raw_conn() {
-    if (c_)
-      PQfinish(c_);
-  }
-  raw_conn(const raw_conn&) = delete;
-  raw_conn& operator=(const raw_conn&) = delete;
-
-  pg_result check(PGresult* r, std::string_view doing) const {
-    pg_result owned{r, &PQclear};
-    const auto st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-      std::string msg = PQerrorMessage(c_);
-      while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' '))
-        msg.pop_back();
-      throw failure(PQstatus(c_) == CONNECTION_OK ? 1 : 4,
-                    fmt::format("baseline: {}: {}", doing, msg));
-    }
-    return owned;
-  }
-
-  pg_result exec(const std::string& sql) { return check(PQexec(c_, sql.c_str()), sql); }
-
-  void prepare(const std::string& name, const std::string& sql, int nparams) {
-    check(PQprepare(c_, name.c_str(), sql.c_str(), nparams, nullptr), "prepare " + name);
-  }
-
-  pg_result run(const std::string& name, const std::vector<const char*>& values) {
-    return check(PQexecPrepared(c_, name.c_str(), static_cast<int>(values.size()), values.data(),
-                                nullptr, nullptr, 0),
-                 name);
-  }
-
-private:
-  PGconn* c_ = nullptr;
-};
-
-std::string quote_ident(std::string_view name) {
-  std::string out = "\"";
-  for (char c : name) {
-    if (c == '"')
-      out += '"';
-    out += c;
-  }
-  return out + '"';
-}
+using namespace detail;
 
 // --- the aggregate ---------------------------------------------------------------------------
 
@@ -195,82 +111,12 @@ sizes sizes_for(double scale) {
   return s;
 }
 
-// --- figures ------------------------------------------------------------------------------------
-
-struct figure {
-  std::string name;
-  double mire = 0;
-  double baseline = 0;
-  std::string unit;
-  double ratio = 0;
-  std::optional<double> target; // a lower bound on the ratio; none: informational
-  bool at_most = false;
-  std::string about;
-
-  bool pass() const { return !target || (at_most ? ratio <= *target : ratio >= *target); }
-  std::string target_text() const {
-    return target ? fmt::format("{} {:g}x", at_most ? "<=" : ">=", *target) : "-";
-  }
-};
-
-figure make_figure(std::string name, double mire, double baseline, std::string unit,
-                   std::optional<double> target, std::string about) {
-  return figure{
-      std::move(name), mire,  baseline,        std::move(unit), baseline > 0 ? mire / baseline : 0,
-      target,          false, std::move(about)};
-}
-
-double median(std::vector<double> v) {
-  if (v.empty())
-    return 0;
-  std::sort(v.begin(), v.end());
-  const auto n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 double percentile(std::vector<double> v, double p) {
   if (v.empty())
     return 0;
   const auto k = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1));
   std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
   return v[k];
-}
-
-/// Runs `n` threads, each calling `body(i)` after all of them are ready; returns the seconds from
-/// the common start to the last finish.
-double run_threads(int n, const std::function<void(int)>& body) {
-  std::latch ready{n};
-  std::latch go{1};
-  std::mutex m;
-  std::optional<failure> first;
-  std::vector<std::thread> threads;
-  threads.reserve(n);
-  for (int i = 0; i < n; ++i) {
-    threads.emplace_back([&, i] {
-      ready.count_down();
-      go.wait();
-      try {
-        body(i);
-      } catch (const failure& f) {
-        std::lock_guard lock{m};
-        if (!first)
-          first = f;
-      } catch (const std::exception& e) {
-        std::lock_guard lock{m};
-        if (!first)
-          first = failure(1, e.what());
-      }
-    });
-  }
-  ready.wait();
-  const auto t0 = steady::now();
-  go.count_down();
-  for (auto& t : threads)
-    t.join();
-  const double secs = seconds_since(t0);
-  if (first)
-    throw *first;
-  return secs;
 }
 
 class actors_bench {
@@ -321,25 +167,25 @@ public:
     }
     verify();
     figures_.push_back(make_figure(
-        "actors_16_senders", median(mire[0]), median(raw[0]), "cmds/s", 1.5,
+        "actors_16_senders", median(mire[0]), median(raw[0]), "cmds/s", false, 1.5,
         fmt::format("16 threads calling runtime::send on {} aggregates, one event per command; "
                     "baseline: 16 connections, one INSERT per transaction",
                     aggregates)));
     figures_.push_back(make_figure("actors_1_sender", median(mire[1]), median(raw[1]), "cmds/s",
-                                   0.7,
+                                   false, 0.7,
                                    "1 thread calling runtime::send; baseline: 1 connection, one "
                                    "INSERT per transaction"));
     const char* label[2] = {"16", "1"};
     for (int k = 0; k < 2; ++k) {
       figures_.push_back(make_figure(fmt::format("latency_p50_{}", label[k]),
                                      percentile(mire_lat[k], 0.50), percentile(raw_lat[k], 0.50),
-                                     "us", std::nullopt,
+                                     "us", false, std::nullopt,
                                      fmt::format("median command latency at {} sender(s); "
                                                  "baseline: one INSERT + commit",
                                                  label[k])));
       figures_.push_back(make_figure(fmt::format("latency_p99_{}", label[k]),
                                      percentile(mire_lat[k], 0.99), percentile(raw_lat[k], 0.99),
-                                     "us", std::nullopt,
+                                     "us", false, std::nullopt,
                                      fmt::format("99th percentile command latency at {} "
                                                  "sender(s); baseline: one INSERT + commit",
                                                  label[k])));
@@ -451,63 +297,6 @@ private:
   int64_t commands_ = 0; // accepted through the actors, warm-up included
 };
 
-std::string number(double v) {
-  if (v >= 1000)
-    return fmt::format("{:.0f}", v);
-  if (v >= 10)
-    return fmt::format("{:.1f}", v);
-  return fmt::format("{:.2f}", v);
-}
-
-void print_table(const std::vector<figure>& figures, const std::string& server) {
-  fmt::print("\nmire bench actors  ({})\n\n", server);
-  fmt::print("{:<24} {:>12} {:>12} {:<9} {:>7}  {:<8} {}\n", "figure", "mire", "baseline", "unit",
-             "ratio", "target", "");
-  fmt::print("{}\n", std::string(84, '-'));
-  for (const auto& f : figures)
-    fmt::print("{:<24} {:>12} {:>12} {:<9} {:>6.2f}x  {:<8} {}\n", f.name, number(f.mire),
-               number(f.baseline), f.unit, f.ratio, f.target_text(),
-               !f.target  ? ""
-               : f.pass() ? "ok"
-                          : "MISSED");
-  fmt::print("\n");
-  for (const auto& f : figures)
-    fmt::print("  {}: {}\n", f.name, f.about);
-  std::fflush(stdout);
-}
-
-void print_json(const std::vector<figure>& figures) {
-  for (const auto& f : figures) {
-    nlohmann::ordered_json j{{"name", f.name},
-                             {"mire", f.mire},
-                             {"baseline", f.baseline},
-                             {"unit", f.unit},
-                             {"ratio", f.ratio}};
-    if (f.target) {
-      j["target"] = f.target_text();
-      j["pass"] = f.pass();
-    } else {
-      j["target"] = nullptr;
-      j["pass"] = nullptr;
-    }
-    fmt::print("{}\n", j.dump());
-  }
-  std::fflush(stdout);
-}
-
-/// Drops the benchmark's schema when the run ends, however it ends.
-struct schema_guard {
-  std::string url, schema;
-  ~schema_guard() {
-    try {
-      raw_conn c{url};
-      c.exec(fmt::format("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)));
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "mire bench: could not drop schema {}: {}\n", schema, e.what());
-    }
-  }
-};
-
 } // namespace
 
 int run_actors(const options& o, const config::settings& cfg) {
@@ -523,16 +312,12 @@ int run_actors(const options& o, const config::settings& cfg) {
   const std::string schema = fmt::format("mire_bench_actors_{}", static_cast<long>(::getpid()));
   std::string server;
   std::vector<figure> figures;
-  int code = 0;
-  try {
+  return measure("actors", o, figures, server, [&] {
     {
       raw_conn c{o.url};
-      auto r = c.exec("SELECT current_setting('server_version'), current_setting('fsync'), "
-                      "current_setting('synchronous_commit')");
-      server = fmt::format("PostgreSQL {}, fsync={}, synchronous_commit={}, scale {:g}; store "
-                           "actor: {} workers, group window {} us, max group {}; scheduler {}",
-                           PQgetvalue(r.get(), 0, 0), PQgetvalue(r.get(), 0, 1),
-                           PQgetvalue(r.get(), 0, 2), o.scale, runtime.store.workers,
+      server = fmt::format("{}; store actor: {} workers, group window {} us, max group {}; "
+                           "scheduler {}",
+                           server_text(c, o.scale), runtime.store.workers,
                            runtime.store.group_window.count(), runtime.store.max_group,
                            cfg.scheduler.policy);
       c.exec(fmt::format("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)));
@@ -550,20 +335,7 @@ int run_actors(const options& o, const config::settings& cfg) {
     actors_bench b{o, cfg, schema, std::move(store), figures};
     b.run();
     // b (its runtime and the store's connections) ends before the guard drops the schema.
-  } catch (const failure& f) {
-    fmt::print(stderr, "mire bench actors: {}\n", f.what());
-    code = f.code;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "mire bench actors: {}\n", e.what());
-    code = 1;
-  }
-  if (!figures.empty()) {
-    if (o.json)
-      print_json(figures);
-    else
-      print_table(figures, server);
-  }
-  return code;
+  });
 }
 
 } // namespace mire::bench

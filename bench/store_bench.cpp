@@ -15,6 +15,7 @@
 // created LIKE <schema>.events INCLUDING ALL (same row shape, same indexes); the schema is dropped
 // at the end, also after a failure.
 #include "bench.hpp"
+#include "common.hpp"
 
 #include <libpq-fe.h>
 #include <unistd.h>
@@ -48,112 +49,7 @@ namespace mire::bench {
 
 namespace {
 
-using steady = std::chrono::steady_clock;
-
-double seconds_since(steady::time_point t0) {
-  return std::chrono::duration<double>(steady::now() - t0).count();
-}
-
-/// A failure that ends the benchmark, with the exit code of the `mire` command.
-struct failure : std::runtime_error {
-  int code;
-  failure(int c, const std::string& what) : std::runtime_error(what), code(c) {}
-};
-
-template <class T> T must(result<T> r, std::string_view doing) {
-  if (!r)
-    throw failure(exit_code(r.error().code), fmt::format("{}: {}", doing, r.error().what()));
-  if constexpr (!std::is_void_v<T>)
-    return std::move(*r);
-}
-
-// --- raw libpq, for the baselines ------------------------------------------------------------
-
-using pg_result = std::unique_ptr<PGresult, decltype(&PQclear)>;
-
-class raw_conn {
-public:
-  explicit raw_conn(const std::string& url) {
-    const char* keys[] = {"dbname", "application_name", nullptr};
-    const char* values[] = {url.c_str(), "mire-bench-baseline", nullptr};
-    c_ = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
-    if (c_ == nullptr || PQstatus(c_) != CONNECTION_OK) {
-      std::string msg = c_ ? PQerrorMessage(c_) : "out of memory";
-      while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' '))
-        msg.pop_back();
-      if (c_)
-        PQfinish(c_);
-      c_ = nullptr;
-      throw failure(4, "database unavailable: " + msg);
-    }
-    // The same session settings as the store's connections.
-    exec("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET client_min_messages = 'warning'");
-  }
-  ~raw_conn() {
-    if (c_)
-      PQfinish(c_);
-  }
-  raw_conn(const raw_conn&) = delete;
-  raw_conn& operator=(const raw_conn&) = delete;
-
-  PGconn* get() const { return c_; }
-
-  pg_result check(PGresult* r, std::string_view doing) const {
-    pg_result owned{r, &PQclear};
-    const auto st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_COPY_IN) {
-      std::string msg = PQerrorMessage(c_);
-      while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' '))
-        msg.pop_back();
-      throw failure(PQstatus(c_) == CONNECTION_OK ? 1 : 4,
-                    fmt::format("baseline: {}: {}", doing, msg));
-    }
-    return owned;
-  }
-
-  pg_result exec(const std::string& sql) { return check(PQexec(c_, sql.c_str()), sql); }
-
-  void prepare(const std::string& name, const std::string& sql, int nparams) {
-    check(PQprepare(c_, name.c_str(), sql.c_str(), nparams, nullptr), "prepare " + name);
-  }
-
-  pg_result run(const std::string& name, const std::vector<const char*>& values) {
-    return check(PQexecPrepared(c_, name.c_str(), static_cast<int>(values.size()), values.data(),
-                                nullptr, nullptr, 0),
-                 name);
-  }
-
-  void copy_in(const std::string& sql, std::string_view data) {
-    check(PQexec(c_, sql.c_str()), sql);
-    constexpr std::size_t chunk = 64 * 1024;
-    for (std::size_t off = 0; off < data.size(); off += chunk) {
-      const auto n = std::min(chunk, data.size() - off);
-      if (PQputCopyData(c_, data.data() + off, static_cast<int>(n)) != 1)
-        break;
-    }
-    PQputCopyEnd(c_, nullptr);
-    PGresult* last = nullptr;
-    while (PGresult* r = PQgetResult(c_)) {
-      if (last)
-        PQclear(last);
-      last = r;
-    }
-    check(last, "COPY");
-  }
-
-private:
-  PGconn* c_ = nullptr;
-};
-
-std::string quote_ident(std::string_view name) {
-  std::string out = "\"";
-  for (char c : name) {
-    if (c == '"')
-      out += '"';
-    out += c;
-  }
-  return out + '"';
-}
+using namespace detail;
 
 void append_copy_field(std::string& out, std::string_view value) {
   for (char c : value) {
@@ -222,86 +118,6 @@ sizes sizes_for(double scale) {
   return s;
 }
 
-struct figure {
-  std::string name;
-  double mire = 0;
-  double baseline = 0;
-  std::string unit;
-  double ratio = 0;
-  bool at_most = false;  // the target is an upper bound on the ratio
-  double target = 0;
-  std::string about;
-
-  bool pass() const { return at_most ? ratio <= target : ratio >= target; }
-  std::string target_text() const { return fmt::format("{} {:g}x", at_most ? "<=" : ">=", target); }
-};
-
-figure make_figure(std::string name, double mire, double baseline, std::string unit, bool at_most,
-                   double target, std::string about) {
-  figure f{std::move(name), mire, baseline, std::move(unit), baseline > 0 ? mire / baseline : 0,
-           at_most, target, std::move(about)};
-  return f;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty())
-    return 0;
-  std::sort(v.begin(), v.end());
-  const auto n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-/// Runs `writers` threads, each calling `body(writer)` after all of them are ready (set up by
-/// `setup(writer)`); returns the seconds from the common start to the last finish.
-double run_writers(int writers, const std::function<void(int)>& setup,
-                   const std::function<void(int)>& body) {
-  std::latch ready{writers};
-  std::latch go{1};
-  std::mutex m;
-  std::optional<failure> first;
-  auto keep = [&](const failure& f) {
-    std::lock_guard lock{m};
-    if (!first)
-      first = f;
-  };
-  std::vector<std::thread> threads;
-  threads.reserve(writers);
-  for (int w = 0; w < writers; ++w) {
-    threads.emplace_back([&, w] {
-      bool ok = true;
-      try {
-        setup(w);
-      } catch (const failure& f) {
-        keep(f);
-        ok = false;
-      } catch (const std::exception& e) {
-        keep(failure(1, e.what()));
-        ok = false;
-      }
-      ready.count_down();
-      go.wait();
-      if (!ok)
-        return;
-      try {
-        body(w);
-      } catch (const failure& f) {
-        keep(f);
-      } catch (const std::exception& e) {
-        keep(failure(1, e.what()));
-      }
-    });
-  }
-  ready.wait();
-  const auto t0 = steady::now();
-  go.count_down();
-  for (auto& t : threads)
-    t.join();
-  const double secs = seconds_since(t0);
-  if (first)
-    throw *first;
-  return secs;
-}
-
 class store_bench {
 public:
   /// Figures go to `out` as they are measured, so a failure late in the run keeps the others.
@@ -352,7 +168,7 @@ private:
         version = r.version;
       }
     };
-    const double secs = run_writers(writers, [](int) {}, body);
+    const double secs = run_threads(writers, [](int) {}, body);
     return static_cast<double>(writers * per_writer) / secs;
   }
 
@@ -390,7 +206,7 @@ private:
                              payload.c_str(), meta.c_str()});
       }
     };
-    const double secs = run_writers(writers, setup, body);
+    const double secs = run_threads(writers, setup, body);
     return static_cast<double>(writers * per_writer) / secs;
   }
 
@@ -727,52 +543,6 @@ private:
   double replay_ms_ = 0;
 };
 
-std::string number(double v) {
-  if (v >= 1000)
-    return fmt::format("{:.0f}", v);
-  if (v >= 10)
-    return fmt::format("{:.1f}", v);
-  return fmt::format("{:.2f}", v);
-}
-
-void print_table(const std::vector<figure>& figures, const std::string& server) {
-  fmt::print("\nmire bench store  ({})\n\n", server);
-  fmt::print("{:<24} {:>12} {:>12} {:<9} {:>7}  {:<8} {}\n", "figure", "mire", "baseline", "unit",
-             "ratio", "target", "");
-  fmt::print("{}\n", std::string(84, '-'));
-  for (const auto& f : figures)
-    fmt::print("{:<24} {:>12} {:>12} {:<9} {:>6.2f}x  {:<8} {}\n", f.name, number(f.mire),
-               number(f.baseline), f.unit, f.ratio, f.target_text(), f.pass() ? "ok" : "MISSED");
-  fmt::print("\n");
-  for (const auto& f : figures)
-    fmt::print("  {}: {}\n", f.name, f.about);
-  std::fflush(stdout);
-}
-
-void print_json(const std::vector<figure>& figures) {
-  for (const auto& f : figures) {
-    nlohmann::ordered_json j{{"name", f.name},         {"mire", f.mire},
-                             {"baseline", f.baseline}, {"unit", f.unit},
-                             {"ratio", f.ratio},       {"target", f.target_text()},
-                             {"pass", f.pass()}};
-    fmt::print("{}\n", j.dump());
-  }
-  std::fflush(stdout);
-}
-
-/// Drops the benchmark's schema when the run ends, however it ends.
-struct schema_guard {
-  std::string url, schema;
-  ~schema_guard() {
-    try {
-      raw_conn c{url};
-      c.exec(fmt::format("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)));
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "mire bench: could not drop schema {}: {}\n", schema, e.what());
-    }
-  }
-};
-
 } // namespace
 
 int run_store(const options& o) {
@@ -783,15 +553,10 @@ int run_store(const options& o) {
   const std::string schema = fmt::format("mire_bench_{}", static_cast<long>(::getpid()));
   std::string server;
   std::vector<figure> figures;
-  int code = 0;
-  try {
+  return measure("store", o, figures, server, [&] {
     {
       raw_conn c{o.url};
-      auto r = c.exec("SELECT current_setting('server_version'), current_setting('fsync'), "
-                      "current_setting('synchronous_commit')");
-      server = fmt::format("PostgreSQL {}, fsync={}, synchronous_commit={}, scale {:g}",
-                           PQgetvalue(r.get(), 0, 0), PQgetvalue(r.get(), 0, 1),
-                           PQgetvalue(r.get(), 0, 2), o.scale);
+      server = server_text(c, o.scale);
       c.exec(fmt::format("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)));
     }
     if (!o.json)
@@ -807,21 +572,7 @@ int run_store(const options& o) {
     store_bench b{o, schema, std::move(store), figures};
     b.run();
     // b (and the store's connections) end before the guard drops the schema.
-  } catch (const failure& f) {
-    fmt::print(stderr, "mire bench store: {}\n", f.what());
-    code = f.code;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "mire bench store: {}\n", e.what());
-    code = 1;
-  }
-  // What was measured is shown even when a later part failed.
-  if (!figures.empty()) {
-    if (o.json)
-      print_json(figures);
-    else
-      print_table(figures, server);
-  }
-  return code;
+  });
 }
 
 } // namespace mire::bench
