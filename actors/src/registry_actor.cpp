@@ -1,7 +1,10 @@
 // The registry of one aggregate type and its aggregate actors (see registry.hpp for the public
 // protocol). Internal protocol:
-//   registry -> aggregate: (command_atom, token, erased_command), (state_atom, token), (stop_atom)
+//   registry -> aggregate: (command_atom, token, erased_command, reply_slot_ptr),
+//                          (state_atom, token, reply_slot_ptr), (stop_atom)
 //   aggregate -> registry: (reply_atom, token, erased_reply | caf::error), (idle_atom, id)
+// A job with a reply slot (a plain thread waits on it, runtime::send) is answered into the slot
+// by the aggregate itself; a job without one (a request to the registry) through the registry.
 // Commands go as plain messages with a token rather than as requests: a request whose receiver
 // dies mid-way is never answered in CAF 0.17, while the registry, monitoring its actors, learns
 // of every death and answers each token of the dead actor itself. Monitors, not links, both
@@ -9,8 +12,10 @@
 // can trap it), so one killed aggregate would take the registry and all its siblings along.
 #include "registry_actor.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <deque>
 #include <exception>
 #include <set>
@@ -29,6 +34,8 @@ namespace {
 using reply_atom = caf::atom_constant<caf::atom("reply")>;
 using idle_atom = caf::atom_constant<caf::atom("idle")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
+using watchdog_atom = caf::atom_constant<caf::atom("watchdog")>;
+using clock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------------------------------------
 // Aggregate actor: one per aggregate id; one job (command or state query) at a time.
@@ -37,6 +44,7 @@ struct job {
   uint64_t token = 0;
   bool is_command = false;
   erased_command command;
+  reply_slot_ptr slot; ///< where the answer goes; null: to the registry, by token
 };
 
 struct aggregate_state {
@@ -50,19 +58,84 @@ struct aggregate_state {
   bool snapshot_unusable = false; ///< the snapshot did not restore: replay the whole stream
   bool busy = false;              ///< a job (or the first load) is in progress
   std::deque<job> queue;
-  std::chrono::steady_clock::time_point last_active; ///< when the last job finished
-  bool idle_timer = false; ///< one passivation timer at a time, not one per command
+  clock::time_point last_active; ///< when the last job finished
+  bool idle_timer = false;       ///< one passivation timer at a time, not one per command
+  uint64_t calls = 0;            ///< store calls made so far
+  uint64_t call = 0;             ///< the store call in flight (0: none)
+  clock::time_point call_due;    ///< when the call in flight is overdue
+  std::function<void(caf::error)> on_overdue;
+  bool watchdog = false; ///< one store-call timer at a time
   static inline const char* name = "mire.aggregate";
 };
 
 using aggregate_self = caf::stateful_actor<aggregate_state>*;
 
-void reply(aggregate_self self, uint64_t token, erased_reply r) {
-  self->send(self->state.registry, reply_atom::value, token, std::move(r));
+void reply(aggregate_self self, const job& j, erased_reply r) {
+  if (j.slot)
+    j.slot->settle(std::move(r));
+  else
+    self->send(self->state.registry, reply_atom::value, j.token, std::move(r));
 }
 
-void fail(aggregate_self self, uint64_t token, const mire::error& e) {
-  self->send(self->state.registry, reply_atom::value, token, to_caf(e));
+void fail(aggregate_self self, const job& j, const mire::error& e) {
+  if (j.slot)
+    j.slot->settle(e);
+  else
+    self->send(self->state.registry, reply_atom::value, j.token, to_caf(e));
+}
+
+void arm_watchdog(aggregate_self self, clock::duration after) {
+  if (!self->state.watchdog) {
+    self->state.watchdog = true;
+    self->delayed_send(self, after, watchdog_atom::value);
+  }
+}
+
+// Store calls carry no CAF timeout: each would cost CAF's clock thread two wake-ups per call.
+// Instead one timer per actor (at most one per store_timeout) fails a call that is overdue, and
+// the call's late answer is dropped. One call is in flight at a time (the actor is busy).
+template <class T, class OnValue, class OnError, class... Ts>
+void call_store(aggregate_self self, OnValue on_value, OnError on_error, Ts&&... xs) {
+  auto& st = self->state;
+  const uint64_t call = ++st.calls;
+  st.call = call;
+  st.call_due = clock::now() + st.type->options.store_timeout;
+  st.on_overdue = [on_error](caf::error e) mutable { on_error(e); };
+  arm_watchdog(self, st.type->options.store_timeout);
+  auto current = [self, call] {
+    auto& st = self->state;
+    if (st.call != call)
+      return false; // overdue and already failed
+    st.call = 0;
+    st.on_overdue = nullptr;
+    return true;
+  };
+  self->request(st.store, caf::infinite, std::forward<Ts>(xs)...)
+      .then(
+          [current, on_value](T& value) mutable {
+            if (current())
+              on_value(value);
+          },
+          [current, on_error](caf::error& e) mutable {
+            if (current())
+              on_error(e);
+          });
+}
+
+void on_watchdog(aggregate_self self) {
+  auto& st = self->state;
+  st.watchdog = false;
+  if (st.call == 0)
+    return;
+  const auto now = clock::now();
+  if (now < st.call_due) {
+    arm_watchdog(self, st.call_due - now);
+    return;
+  }
+  auto overdue = std::move(st.on_overdue);
+  st.call = 0;
+  st.on_overdue = nullptr;
+  overdue(caf::make_error(caf::sec::request_timeout));
 }
 
 // Reads what the log holds after `version` (from the latest snapshot when nothing is folded
@@ -72,9 +145,9 @@ template <class K> void catch_up(aggregate_self self, K k) {
   auto& st = self->state;
   const bool from_snapshot = st.version == 0 && !st.snapshot_unusable;
   load_request req{st.id, st.version + 1, from_snapshot ? st.model->snapshot_schema() : -1};
-  self->request(st.store, st.type->options.store_timeout, load_atom::value, std::move(req))
-      .then(
-          [self, k](stream_load& l) {
+  call_store<stream_load>(
+      self,
+      [self, k](stream_load& l) {
             auto& st = self->state;
             if (l.has_snapshot) {
               if (!st.model->restore(l.snapshot)) {
@@ -92,8 +165,8 @@ template <class K> void catch_up(aggregate_self self, K k) {
               st.version = e.version;
             }
             k(result<void>{});
-          },
-          [k](caf::error& e) { k(result<void>{from_caf(e)}); });
+      },
+      [k](caf::error& e) { k(result<void>{from_caf(e)}); }, load_atom::value, std::move(req));
 }
 
 void pump(aggregate_self self);
@@ -120,7 +193,7 @@ void maybe_snapshot(aggregate_self self, int64_t before) {
   const int32_t schema = st.model->snapshot_schema();
   if (every <= 0 || schema < 0 || st.version / every == before / every)
     return;
-  self->request(st.store, st.type->options.store_timeout, snapshot_atom::value,
+  self->request(st.store, caf::infinite, snapshot_atom::value,
                 mire::snapshot{st.id, st.version, schema, st.model->snapshot_state()})
       .then([] {}, [](caf::error&) {});
 }
@@ -138,7 +211,7 @@ void confirm(aggregate_self self, job j, int retries, erased_reply decided) {
       run(self, j, retries + 1);
       return;
     }
-    reply(self, j.token, decided);
+    reply(self, j, decided);
     finish(self);
   });
 }
@@ -151,7 +224,7 @@ void run(aggregate_self self, job j, int retries) {
   try {
     d = st.model->decide(j.command.command.get(), j.command.metadata);
   } catch (const std::exception& ex) {
-    fail(self, j.token, mire::error{errc::internal, std::string("decide threw: ") + ex.what()});
+    fail(self, j, mire::error{errc::internal, std::string("decide threw: ") + ex.what()});
     finish(self);
     return;
   }
@@ -171,25 +244,23 @@ void run(aggregate_self self, job j, int retries) {
   }
   const int64_t before = st.version;
   auto events = d.events;
-  self->request(st.store, st.type->options.store_timeout, append_atom::value,
-                stream_append{st.id, expected_version::exactly(before), std::move(d.encoded)})
-      .then(
-          [self, j, retries, before, events](append_result& r) {
-            auto& st = self->state;
-            st.model->apply_decided(events.get());
-            st.version = r.version;
-            reply(self, j.token,
-                  erased_reply{erased_reply::accepted, r.version, retries, events, {}});
-            maybe_snapshot(self, before);
-            finish(self);
-          },
-          [self, j, retries](caf::error& e) {
+  call_store<append_result>(
+      self,
+      [self, j, retries, before, events](append_result& r) {
+        auto& st = self->state;
+        st.model->apply_decided(events.get());
+        st.version = r.version;
+        reply(self, j, erased_reply{erased_reply::accepted, r.version, retries, events, {}});
+        maybe_snapshot(self, before);
+        finish(self);
+      },
+      [self, j, retries](caf::error& e) {
             auto err = from_caf(e);
             if (err.code == errc::version_conflict &&
                 retries < self->state.type->options.max_retries) {
               catch_up(self, [self, j, retries](result<void> r) {
                 if (!r) {
-                  fail(self, j.token, r.error());
+                  fail(self, j, r.error());
                   finish(self);
                   return;
                 }
@@ -202,19 +273,20 @@ void run(aggregate_self self, job j, int retries) {
             // The stream may have moved on (a conflict) or taken this very append (in doubt,
             // timeout): catch up before the next job instead of running into a conflict.
             self->state.loaded = false;
-            fail(self, j.token, err);
+            fail(self, j, err);
             finish(self);
-          });
+      },
+      append_atom::value,
+      stream_append{st.id, expected_version::exactly(before), std::move(d.encoded)});
 }
 
-void answer_state(aggregate_self self, uint64_t token) {
-  catch_up(self, [self, token](result<void> r) {
+void answer_state(aggregate_self self, job j) {
+  catch_up(self, [self, j](result<void> r) {
     auto& st = self->state;
     if (r)
-      reply(self, token,
-            erased_reply{erased_reply::state, st.version, 0, st.model->copy_state(), {}});
+      reply(self, j, erased_reply{erased_reply::state, st.version, 0, st.model->copy_state(), {}});
     else
-      fail(self, token, r.error());
+      fail(self, j, r.error());
     finish(self);
   });
 }
@@ -229,7 +301,7 @@ void pump(aggregate_self self) {
       auto& st = self->state;
       if (!r) {
         for (const auto& j : st.queue)
-          fail(self, j.token, r.error());
+          fail(self, j, r.error());
         st.queue.clear();
         finish(self);
         return;
@@ -245,7 +317,7 @@ void pump(aggregate_self self) {
   if (j.is_command)
     run(self, std::move(j), 0);
   else
-    answer_state(self, j.token);
+    answer_state(self, std::move(j));
 }
 
 void enqueue(aggregate_self self, job j) {
@@ -265,12 +337,13 @@ caf::behavior aggregate_actor(aggregate_self self, std::shared_ptr<const aggrega
   self->monitor(st.registry);
   self->set_down_handler([self](caf::down_msg& m) { self->quit(m.reason); });
   return {
-      [self](command_atom, uint64_t token, erased_command& c) {
-        enqueue(self, job{token, true, std::move(c)});
+      [self](command_atom, uint64_t token, erased_command& c, reply_slot_ptr& slot) {
+        enqueue(self, job{token, true, std::move(c), std::move(slot)});
       },
-      [self](state_atom, uint64_t token) {
-        enqueue(self, job{token, false, {}});
+      [self](state_atom, uint64_t token, reply_slot_ptr& slot) {
+        enqueue(self, job{token, false, {}, std::move(slot)});
       },
+      [self](watchdog_atom) { on_watchdog(self); },
       // Idle for passivate_after: ask the registry to let us go. Only the registry knows
       // whether a command is on its way, so it decides (and answers with stop).
       [self](idle_atom) {
@@ -294,9 +367,30 @@ caf::behavior aggregate_actor(aggregate_self self, std::shared_ptr<const aggrega
 // ---------------------------------------------------------------------------------------------
 // Registry: routes by id, spawns on demand, answers for the dead.
 
+/// A job sent with a reply slot: the aggregate answers into the slot, the registry only needs
+/// it to answer for an actor that dies (and to know whether the actor still has work).
+struct slot_job {
+  reply_slot_ptr slot;
+  bool is_command = false;
+};
+
 struct live_actor {
   caf::actor handle;
-  std::set<uint64_t> tokens; ///< sent to it, not answered yet
+  std::set<uint64_t> tokens;  ///< sent to it, not answered yet
+  std::vector<slot_job> slots; ///< sent to it; answered ones are pruned now and then
+  std::size_t prune_at = 16;
+
+  bool idle() const {
+    return tokens.empty() && std::all_of(slots.begin(), slots.end(),
+                                         [](const slot_job& s) { return s.slot->settled(); });
+  }
+  void add(slot_job s) {
+    if (slots.size() >= prune_at) {
+      std::erase_if(slots, [](const slot_job& x) { return x.slot->settled(); });
+      prune_at = std::max<std::size_t>(16, 2 * slots.size());
+    }
+    slots.push_back(std::move(s));
+  }
 };
 
 struct pending_job {
@@ -317,25 +411,45 @@ struct registry_state {
 
 using registry_self = caf::stateful_actor<registry_state>*;
 
-caf::response_promise route(registry_self self, std::string id, bool is_command,
-                            erased_command command) {
+live_actor& actor_of(registry_self self, const std::string& id) {
   auto& st = self->state;
   auto it = st.actors.find(id);
   if (it == st.actors.end()) {
     auto a = self->spawn<caf::monitored>(aggregate_actor, st.type, id, st.store,
                                          caf::actor_cast<caf::actor>(self));
     st.ids.emplace(a.address(), id);
-    it = st.actors.emplace(id, live_actor{std::move(a), {}}).first;
+    it = st.actors.emplace(id, live_actor{std::move(a), {}, {}}).first;
   }
+  return it->second;
+}
+
+void send_job(registry_self self, live_actor& a, uint64_t token, bool is_command,
+              erased_command command, reply_slot_ptr slot) {
+  if (is_command)
+    self->send(a.handle, command_atom::value, token, std::move(command), std::move(slot));
+  else
+    self->send(a.handle, state_atom::value, token, std::move(slot));
+}
+
+// A request from actor code: answered through a promise when the aggregate replies by token.
+caf::response_promise route(registry_self self, std::string id, bool is_command,
+                            erased_command command) {
+  auto& st = self->state;
+  auto& a = actor_of(self, id);
   auto rp = self->make_response_promise();
   const uint64_t token = ++st.next_token;
-  it->second.tokens.insert(token);
+  a.tokens.insert(token);
   st.pending.emplace(token, pending_job{rp, id, is_command});
-  if (is_command)
-    self->send(it->second.handle, command_atom::value, token, std::move(command));
-  else
-    self->send(it->second.handle, state_atom::value, token);
+  send_job(self, a, token, is_command, std::move(command), nullptr);
   return rp;
+}
+
+// A job from a plain thread: the aggregate answers into the slot itself.
+void route(registry_self self, const std::string& id, bool is_command, erased_command command,
+           reply_slot_ptr slot) {
+  auto& a = actor_of(self, id);
+  a.add(slot_job{slot, is_command});
+  send_job(self, a, 0, is_command, std::move(command), std::move(slot));
 }
 
 template <class T> void settle(registry_self self, uint64_t token, T&& answer) {
@@ -360,20 +474,25 @@ void on_actor_exit(registry_self self, const std::string& id, const caf::error& 
   if (it == st.actors.end())
     return;
   const std::string why = self->system().render(reason);
-  for (uint64_t token : it->second.tokens) {
-    auto p = st.pending.find(token);
-    if (p == st.pending.end())
-      continue;
+  auto death = [&](bool is_command) {
     mire::error err =
-        p->second.is_command
+        is_command
             ? mire::error{errc::commit_in_doubt,
                           "the actor of '" + id + "' stopped (" + why +
                               ") with this command pending: it may or may not be recorded"}
             : mire::error{errc::unavailable, "the actor of '" + id + "' stopped (" + why + ")"};
     err.stream_id = id;
-    p->second.rp.deliver(to_caf(err));
+    return err;
+  };
+  for (uint64_t token : it->second.tokens) {
+    auto p = st.pending.find(token);
+    if (p == st.pending.end())
+      continue;
+    p->second.rp.deliver(to_caf(death(p->second.is_command)));
     st.pending.erase(p);
   }
+  for (auto& s : it->second.slots)
+    s.slot->settle(death(s.is_command)); // a no-op for the answered ones
   st.actors.erase(it);
 }
 
@@ -395,6 +514,12 @@ caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate
         return route(self, std::move(id), true, std::move(c));
       },
       [self](state_atom, std::string& id) { return route(self, std::move(id), false, {}); },
+      [self](command_atom, std::string& id, erased_command& c, reply_slot_ptr& slot) {
+        route(self, id, true, std::move(c), std::move(slot));
+      },
+      [self](state_atom, std::string& id, reply_slot_ptr& slot) {
+        route(self, id, false, {}, std::move(slot));
+      },
       [self](find_atom, const std::string& id) {
         auto it = self->state.actors.find(id);
         return it == self->state.actors.end() ? caf::actor{} : it->second.handle;
@@ -406,7 +531,7 @@ caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate
       [self](idle_atom, const std::string& id) {
         auto& st = self->state;
         auto it = st.actors.find(id);
-        if (it == st.actors.end() || !it->second.tokens.empty() ||
+        if (it == st.actors.end() || !it->second.idle() ||
             it->second.handle.address() != caf::actor_cast<caf::actor_addr>(self->current_sender()))
           return;
         auto handle = std::move(it->second.handle);

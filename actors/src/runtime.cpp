@@ -1,5 +1,5 @@
 // The runtime: an actor system (own or borrowed), the store actor, a registry per aggregate type,
-// and blocking request/reply from plain threads through scoped actors.
+// and blocking request/reply from plain threads through reply slots.
 #include "mire/actors/runtime.hpp"
 
 #include <mutex>
@@ -112,27 +112,21 @@ caf::actor runtime::registry(std::type_index type, detail::model_factory make) {
 
 namespace {
 
-// One blocking request from a plain thread. CAF's errors become mire errors; a timeout says
-// whose answer is missing and that the command may still take effect.
+// One blocking request from a plain thread: the message carries a reply slot that the aggregate
+// actor fills and this thread waits on (no scoped actor, no CAF timer). A timeout says whose
+// answer is missing and that the command may still take effect.
 template <class... Ts>
-result<detail::erased_reply> ask(caf::actor_system& system, const caf::actor& registry,
-                                 const std::string& id, std::chrono::milliseconds timeout,
-                                 Ts&&... xs) {
-  caf::scoped_actor self{system};
-  result<detail::erased_reply> out{mire::error{errc::internal, "no answer"}};
-  self->request(registry, timeout, std::forward<Ts>(xs)...)
-      .receive([&](detail::erased_reply& r) { out = std::move(r); },
-               [&](caf::error& e) {
-                 auto err = from_caf(e);
-                 if (err.code == errc::timeout)
-                   err.message = "no answer from the actor of '" + id + "' within " +
-                                 std::to_string(timeout.count()) +
-                                 " ms; a command may still be recorded";
-                 if (err.stream_id.empty())
-                   err.stream_id = id;
-                 out = std::move(err);
-               });
-  return out;
+result<detail::erased_reply> ask(const caf::actor& registry, const std::string& id,
+                                 std::chrono::milliseconds timeout, Ts&&... xs) {
+  auto slot = std::make_shared<detail::reply_slot>();
+  caf::anon_send(registry, std::forward<Ts>(xs)..., slot);
+  if (auto r = slot->wait_for(timeout))
+    return std::move(*r);
+  mire::error err{errc::timeout, "no answer from the actor of '" + id + "' within " +
+                                     std::to_string(timeout.count()) +
+                                     " ms; a command may still be recorded"};
+  err.stream_id = id;
+  return err;
 }
 
 } // namespace
@@ -141,14 +135,14 @@ result<detail::erased_reply> runtime::send_erased(std::type_index type, detail::
                                                   std::string id, detail::erased_command command,
                                                   std::chrono::milliseconds timeout) {
   auto reg = registry(type, make);
-  return ask(*impl_->system, reg, id, timeout, command_atom::value, id, std::move(command));
+  return ask(reg, id, timeout, command_atom::value, id, std::move(command));
 }
 
 result<detail::erased_reply> runtime::load_erased(std::type_index type, detail::model_factory make,
                                                   std::string id,
                                                   std::chrono::milliseconds timeout) {
   auto reg = registry(type, make);
-  return ask(*impl_->system, reg, id, timeout, state_atom::value, id);
+  return ask(reg, id, timeout, state_atom::value, id);
 }
 
 } // namespace mire::actors

@@ -125,7 +125,8 @@ TEST_SUITE("config") {
         contains(refusal("", {"--mire.store.workerz=1"}), "unknown option '--mire.store.workerz'"));
     CHECK(contains(refusal("", {"--mire.database.schema=Bad-Name"}), "mire.database.schema"));
     CHECK(contains(refusal("", {"--mire.replica_id=a b"}), "mire.replica_id"));
-    CHECK(contains(refusal("", {"--mire.database.pool_size=2"}), "mire.database.pool_size"));
+    CHECK(contains(refusal("", {"--mire.database.pool_size=1", "--mire.store.workers=3"}),
+                   "mire.database.pool_size"));
     CHECK(contains(refusal("", {"--mire.aggregates.store_timeout=0us"}),
                    "mire.aggregates.store_timeout"));
     CHECK(

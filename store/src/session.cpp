@@ -239,6 +239,21 @@ WHERE {s}.snapshots.version <= excluded.version
                   "WHERE stream_id = s.id) FROM unnest($1::text[]) AS s(id)");
   batch_copy = s("COPY {s}.events (stream_id, version, event_id, event_type, payload, metadata) "
                  "FROM STDIN");
+  // The group commit of the actor layer, where every expectation is exact: versions numbered by
+  // the caller, and a stream's events go in only when its head is the expected version. The head
+  // is a scalar subquery on purpose: the planner cannot turn it into a join, which a generic plan
+  // made while the table was small would run as a scan of the whole table. Appends whose head
+  // differs are left out, not raised: the caller finds them missing in RETURNING.
+  append_group_exact = s(R"sql(
+INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
+SELECT e.stream_id, e.version, e.event_id, e.event_type, e.payload, e.metadata
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::uuid[], $5::text[], $6::jsonb[],
+            $7::jsonb[])
+       WITH ORDINALITY AS e(stream_id, expected, version, event_id, event_type, payload, metadata, ord)
+WHERE (SELECT coalesce(max(x.version), 0) FROM {s}.events x WHERE x.stream_id = e.stream_id)
+      = e.expected
+ORDER BY e.ord
+RETURNING stream_id, version, global_position)sql");
   append_group_set = s(R"sql(
 WITH req AS (
   SELECT r.idx, r.stream_id, r.expected, r.n,
@@ -731,6 +746,76 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
   }
 }
 
+namespace {
+
+error in_doubt(error err) {
+  err.code = errc::commit_in_doubt;
+  err.message = "the connection broke during a group commit; it may have committed: resend the "
+                "same appends (their event ids make that safe): " + err.message;
+  return with_context(std::move(err), "group commit");
+}
+
+// The group with exact expectations only (see statements::append_group_exact). Members absent
+// from what was inserted had a stale expectation: one more query reads their actual versions.
+result<std::vector<result<append_result>>>
+append_group_exact(pg::connection& conn, const statements& sql,
+                   const std::vector<stream_append>& group, const std::string& ids,
+                   const std::string& types, const std::string& data, const std::string& meta) {
+  std::string event_streams = "{", expectations = "{", versions = "{";
+  const char* sep = "";
+  for (const auto& a : group) {
+    const int64_t head = a.expected.value();
+    for (std::size_t k = 1; k <= a.events.size(); ++k) {
+      event_streams += sep;
+      pg::append_array_element(event_streams, a.stream_id);
+      expectations += fmt::format("{}{}", sep, head);
+      versions += fmt::format("{}{}", sep, head + static_cast<int64_t>(k));
+      sep = ",";
+    }
+  }
+  event_streams += '}';
+  expectations += '}';
+  versions += '}';
+  auto r = conn.query("mire_append_group_exact", sql.append_group_exact,
+                      {event_streams, expectations, versions, ids, types, data, meta});
+  if (!r)
+    return r.error();
+  struct written {
+    int64_t version = 0, first = 0, last = 0;
+  };
+  std::unordered_map<std::string_view, written> done;
+  for (int row = 0; row < r->size(); ++row) {
+    auto& w = done[r->text(row, 0)];
+    const int64_t pos = r->int64(row, 2);
+    w.version = std::max(w.version, r->int64(row, 1));
+    w.first = w.first == 0 ? pos : std::min(w.first, pos);
+    w.last = std::max(w.last, pos);
+  }
+  std::unordered_map<std::string, int64_t> actual;
+  if (done.size() < group.size()) {
+    std::vector<std::string_view> stale;
+    for (const auto& a : group)
+      if (!done.count(a.stream_id))
+        stale.push_back(a.stream_id);
+    auto heads = conn.query("mire_batch_heads", sql.batch_heads, {text_array(stale)});
+    if (!heads)
+      return heads.error();
+    for (int row = 0; row < heads->size(); ++row)
+      actual[heads->str(row, 0)] = heads->int64(row, 1);
+  }
+  std::vector<result<append_result>> out;
+  out.reserve(group.size());
+  for (const auto& a : group) {
+    if (auto it = done.find(a.stream_id); it != done.end())
+      out.push_back(append_result{it->second.version, it->second.first, it->second.last, false});
+    else
+      out.push_back(conflict(a.stream_id, a.expected.value(), actual[a.stream_id]));
+  }
+  return out;
+}
+
+} // namespace
+
 result<std::vector<result<append_result>>> append_group(pg::connection& conn,
                                                        const statements& sql,
                                                        std::vector<stream_append>& group,
@@ -761,6 +846,16 @@ result<std::vector<result<append_result>>> append_group(pg::connection& conn,
   const std::string types = array_literal(all, [](auto& e) -> std::string_view { return e.type; });
   const std::string data = array_literal(all, [](auto& e) -> std::string_view { return e.data; });
   const std::string meta = array_literal(all, [](auto& e) -> std::string_view { return e.metadata; });
+  const bool all_exact = std::none_of(group.begin(), group.end(),
+                                      [](const stream_append& a) { return a.expected.is_any(); });
+  if (all_exact) {
+    auto r = append_group_exact(conn, sql, group, ids, types, data, meta);
+    if (r || (r.error().sqlstate != "23505" && !conn.last_failure_lost_connection()))
+      return r;
+    if (conn.last_failure_lost_connection())
+      return in_doubt(std::move(r).error());
+    // A unique key fired (a concurrent writer, a resent append): sorted out per append below.
+  }
   const std::vector<pg::param> params{streams, expected, counts, ids, types, data, meta};
   // One set-based statement first: stale expectations are filtered out, not raised, so only a
   // unique key (a concurrent writer, a resent append) can fail it — then the per-append
@@ -769,13 +864,9 @@ result<std::vector<result<append_result>>> append_group(pg::connection& conn,
   if (!r && r.error().sqlstate == "23505" && !conn.last_failure_lost_connection())
     r = conn.query("mire_append_group", sql.append_group, params);
   if (!r) {
-    auto err = std::move(r).error();
-    if (conn.last_failure_lost_connection()) {
-      err.code = errc::commit_in_doubt;
-      err.message = "the connection broke during a group commit; it may have committed: resend "
-                    "the same appends (their event ids make that safe): " + err.message;
-    }
-    return with_context(std::move(err), "group commit");
+    if (conn.last_failure_lost_connection())
+      return in_doubt(std::move(r).error());
+    return with_context(std::move(r).error(), "group commit");
   }
   out.reserve(group.size());
   for (std::size_t i = 0; i < group.size(); ++i) {

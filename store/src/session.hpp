@@ -17,7 +17,7 @@ struct statements {
   explicit statements(std::string_view schema);
   std::string append_one, append_one_known, append_one_any, append_many, append_many_any, find_event_ids, stream_version, read_stream, read_all,
       read_category, streams_all, streams_category, load_snapshot, save_snapshot, batch_heads,
-      batch_copy, batch_positions, append_group_set, append_group;
+      batch_copy, batch_positions, append_group_exact, append_group_set, append_group;
 };
 
 /// Checks an append's arguments (DESIGN rule 10) and fills in missing event ids.

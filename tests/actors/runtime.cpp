@@ -436,4 +436,42 @@ TEST_SUITE("pg") {
     REQUIRE(state);
     CHECK(state->state.is_open);
   }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a store call that outlives store_timeout fails the command with timeout; "
+                    "its late outcome is caught up with") {
+    runtime_options options;
+    options.aggregates.store_timeout = 300ms;
+    auto rt = start(store, options);
+    REQUIRE(rt.send<account>("account-1", bank::open{"Ada"}, 10s));
+    // An uncommitted write of version 2 elsewhere: the actor's append of version 2 waits on it.
+    auto blocker = store.begin();
+    REQUIRE(blocker);
+    auto held = blocker->append("account-1", mire::expected_version::exactly(1),
+                                {mire::event_data{"account.deposited",
+                                                  R"({"amount": 1, "ref": "held"})", "{}", ""}});
+    REQUIRE_MESSAGE(held, held.error().what());
+    const auto t0 = clock_type::now();
+    auto r = rt.send<account>("account-1", bank::deposit{5, "late"}, 10s);
+    REQUIRE(r.failed());
+    CHECK(r.error().code == errc::timeout);
+    CHECK(clock_type::now() - t0 < 9s); // the actor's own deadline, not the caller's
+    // The held write goes away: the waiting append now commits, after its caller was told timeout.
+    blocker->rollback();
+    bool landed = false;
+    for (int i = 0; i < 200 && !landed; ++i) {
+      landed = store.stream_version("account-1").value() == 2;
+      std::this_thread::sleep_for(10ms);
+    }
+    CHECK(landed);
+    // The actor does not trust its state after a timeout: the next command catches up first.
+    auto next = rt.send<account>("account-1", bank::deposit{7, "next"}, 10s);
+    REQUIRE_MESSAGE(next, (next.failed() ? next.error().what() : "rejected"));
+    CHECK(next->version == 3);
+    CHECK(next->retries == 0);
+    auto f = fold(store, "account-1");
+    REQUIRE(f.log.size() == 3);
+    CHECK(ref_of(f.log[1]) == "late");
+    CHECK(f.state.balance == 12);
+  }
 }

@@ -14,7 +14,7 @@ namespace mire::actors {
 struct store_actor_options {
   /// Blocking workers, each on its own thread and using one connection at a time; the event
   /// store's pool_size must be at least this.
-  std::size_t workers = 4;
+  std::size_t workers = 2;
   /// How long an append waits for others to join its group when a worker is free (0 = send at
   /// once; appends still group up while every worker is busy committing).
   std::chrono::microseconds group_window{0};
