@@ -22,4 +22,13 @@ int run_store(const options& o);
 /// Returns an exit code.
 int run_actors(const options& o, const config::settings& cfg);
 
+/// `mire bench projections`: catch-up rate of a trivial projection against a raw sequential read,
+/// live lag at a steady append rate, and takeover time after SIGKILL of the driving replica
+/// (replicas are copies of `self_exe` started with MIRE_BENCH_REPLICA set). Returns an exit code.
+int run_projections(const options& o, const std::string& self_exe);
+
+/// The replica process of run_projections (when MIRE_BENCH_REPLICA names its id); returns an
+/// exit code.
+int run_projection_replica(const options& o, const std::string& schema, const std::string& id);
+
 } // namespace mire::bench

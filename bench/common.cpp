@@ -133,6 +133,14 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+double percentile(std::vector<double> v, double p) {
+  if (v.empty())
+    return 0;
+  const auto k = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  return v[k];
+}
+
 double run_threads(int n, const std::function<void(int)>& setup,
                    const std::function<void(int)>& body) {
   std::latch ready{n};

@@ -98,6 +98,8 @@ figure make_figure(std::string name, double mire, double baseline, std::string u
                    std::optional<double> target, std::string about);
 
 double median(std::vector<double> v);
+/// The value below which a fraction `p` (0..1) of `v` lies; 0 for none.
+double percentile(std::vector<double> v, double p);
 
 /// Runs `n` threads, each calling `body(i)` after all of them are ready (set up by `setup(i)`);
 /// returns the seconds from the common start to the last finish. The first failure is rethrown.

@@ -121,6 +121,24 @@ result<int64_t> parse_positive(std::string_view name, std::string_view text) {
   return v;
 }
 
+result<std::chrono::milliseconds> parse_duration(std::string_view name, std::string_view text) {
+  using std::chrono::milliseconds;
+  static constexpr std::pair<std::string_view, int64_t> units[] = {
+      {"ms", 1}, {"s", 1000}, {"min", 60'000}, {"h", 3'600'000}};
+  // A bare number has no unit: refused, as in the configuration, rather than guessed.
+  const auto digits = std::min(text.find_first_not_of("0123456789"), text.size());
+  const auto unit = text.substr(digits);
+  int64_t v = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + digits, v);
+  if (digits > 0 && ec == std::errc{} && v > 0)
+    for (const auto& [u, ms] : units)
+      if (unit == u && v <= INT64_MAX / ms / 1000)
+        return milliseconds(v * ms);
+  return bad_input(fmt::format(
+      "--{} {} is not a positive duration with a unit (ms, s, min, h), e.g. 30s or 2min", name,
+      printable(text)));
+}
+
 result<double> parse_positive_number(std::string_view name, std::string_view text) {
   double v = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);

@@ -2,6 +2,7 @@
 // `--name VALUE` or `--name=VALUE`, `--` to end options; every error names the argument at fault.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -52,6 +53,10 @@ result<std::string> required(const command_line& cl, std::string_view name);
 
 /// Parses a positive integer given for option `name` ("--limit").
 result<int64_t> parse_positive(std::string_view name, std::string_view text);
+
+/// Parses a positive duration given for option `name` ("--timeout"): a whole number with a
+/// unit, ms, s, min or h (as in the configuration file), e.g. 500ms, 30s, 2min.
+result<std::chrono::milliseconds> parse_duration(std::string_view name, std::string_view text);
 
 /// Parses a positive decimal number given for option `name` ("--scale").
 result<double> parse_positive_number(std::string_view name, std::string_view text);

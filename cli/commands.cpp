@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <optional>
 
 #include <fmt/format.h>
@@ -25,6 +26,26 @@ json parsed(const std::string& text) {
   auto j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   return j.is_discarded() ? json(text) : j;
 }
+
+void print_status(const context& ctx, const embedded_status& s) {
+  if (ctx.json_output()) {
+    ctx.print({{"running", s.running},
+               {"initialized", s.initialized},
+               {"pid", s.pid},
+               {"data_dir", s.data_dir},
+               {"socket_dir", s.socket_dir},
+               {"url", s.url}});
+    return;
+  }
+  fmt::print("running: {}\n", s.running ? "yes" : "no");
+  fmt::print("initialized: {}\n", s.initialized ? "yes" : "no");
+  if (s.running)
+    fmt::print("pid: {}\n", s.pid);
+  fmt::print("data_dir: {}\n", s.data_dir);
+  fmt::print("url: {}\n", s.url);
+}
+
+} // namespace
 
 // One event: tab-separated in text (neither stream ids nor types may contain a tab, and JSON
 // escapes them), one object per line with --json.
@@ -56,26 +77,6 @@ result<std::string> category_option(const command_line& cl) {
                                  printable(*cat)));
   return *cat;
 }
-
-void print_status(const context& ctx, const embedded_status& s) {
-  if (ctx.json_output()) {
-    ctx.print({{"running", s.running},
-               {"initialized", s.initialized},
-               {"pid", s.pid},
-               {"data_dir", s.data_dir},
-               {"socket_dir", s.socket_dir},
-               {"url", s.url}});
-    return;
-  }
-  fmt::print("running: {}\n", s.running ? "yes" : "no");
-  fmt::print("initialized: {}\n", s.initialized ? "yes" : "no");
-  if (s.running)
-    fmt::print("pid: {}\n", s.pid);
-  fmt::print("data_dir: {}\n", s.data_dir);
-  fmt::print("url: {}\n", s.url);
-}
-
-} // namespace
 
 int run_db(const context& ctx, const command_line& cl) {
   if (auto ok = expect_positionals(cl, {"start|stop|status|url"}); !ok)
@@ -269,9 +270,9 @@ int run_bench(const context& ctx, const command_line& cl) {
   if (auto ok = expect_positionals(cl, {"BENCHMARK"}); !ok)
     return ctx.fail(ok.error());
   const std::string& which = cl.positionals[0];
-  if (which != "store" && which != "actors")
-    return ctx.fail(
-        bad_input(fmt::format("unknown benchmark {} (known: store, actors)", printable(which))));
+  if (which != "store" && which != "actors" && which != "projections")
+    return ctx.fail(bad_input(
+        fmt::format("unknown benchmark {} (known: store, actors, projections)", printable(which))));
   double scale = 1.0;
   if (const auto* text = cl.value("scale")) {
     auto v = parse_positive_number("scale", *text);
@@ -286,6 +287,14 @@ int run_bench(const context& ctx, const command_line& cl) {
   const bench::options o{.url = *url, .json = ctx.json_output(), .scale = scale};
   if (which == "actors")
     return bench::run_actors(o, ctx.settings());
+  if (which == "projections") {
+    // `mire bench projections` starts copies of itself as replica processes (takeover).
+    const char* id = std::getenv("MIRE_BENCH_REPLICA");
+    const char* schema = std::getenv("MIRE_BENCH_SCHEMA");
+    if (id && schema)
+      return bench::run_projection_replica(o, schema, id);
+    return bench::run_projections(o, "/proc/self/exe");
+  }
   return bench::run_store(o);
 }
 

@@ -31,4 +31,19 @@ int run_demo_actors(const context& ctx, const command_line& cl, event_store stor
 /// Checks the options of that part (--accounts, --clients, --operations) before the demo starts.
 result<void> check_demo_actors_options(const command_line& cl);
 
+/// `mire tail [--after CHECKPOINT] [--category CAT] [--type T[,T...]] [--limit N]` (tail.cpp)
+int run_tail(const context& ctx, const command_line& cl);
+/// `mire projections` (projections.cpp): every projection's status, one per line
+int run_projections(const context& ctx, const command_line& cl);
+/// `mire projection rebuild|reset|resume|dead-letters|skip|retry ...` (projections.cpp)
+int run_projection(const context& ctx, const command_line& cl);
+/// `mire leases` (projections.cpp): the lease table
+int run_leases(const context& ctx, const command_line& cl);
+
+/// Prints one event as `read` and `read-all` do: POSITION, STREAM, VERSION, TYPE, DATA separated
+/// by tabs, or with --json an object that carries its checkpoint.
+void print_event(const context& ctx, const recorded_event& e);
+/// The value of --category (empty when absent), checked: non-empty and without '-'.
+result<std::string> category_option(const command_line& cl);
+
 } // namespace mire::cli

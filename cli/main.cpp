@@ -44,6 +44,33 @@ commands:
                              an order no reader can skip an event through; pass the
                              last event's checkpoint back as --after to continue
   streams [--category CAT]   the streams and their versions
+  tail [--after CHECKPOINT] [--category CAT] [--type T[,T...]] [--limit N]
+                             follow the global log live: the events after CHECKPOINT
+                             (default: from the start) in read-all's order, then each
+                             new one as it commits, never skipping one; --type keeps
+                             the events of those types; ends after N events, or at
+                             SIGINT/SIGTERM (exit 0, after the page in hand); while
+                             following, a database outage is waited out
+  projections                every projection: state, lease owner and fence, live
+                             generation, checkpoint, lag, dead letters, rebuild
+  projection rebuild NAME [--no-wait] [--timeout DURATION]
+                             build NAME's read model anew beside the live one; the
+                             replica driving NAME switches readers to it once it has
+                             caught up. Follows it until the switch (a progress bar
+                             on a terminal), saying so when no replica drives NAME;
+                             --no-wait only asks; --timeout (500ms, 30s, 2min, 1h)
+                             bounds the wait: exit 1 then, the rebuild goes on
+  projection reset NAME --to CHECKPOINT|start
+                             move NAME's checkpoint (its read model is left as it is)
+                             and set it running: its driver continues after it
+  projection resume NAME     set a stopped NAME running; the event that stopped it is
+                             tried again
+  projection dead-letters NAME
+                             the events NAME's handler refused and parked, oldest
+                             first
+  projection skip ID         mark dead letter ID skipped (it stays listed)
+  projection retry ID        queue dead letter ID for another try by its driver
+  leases                     the leases: who holds what, with fence and expiry
   demo [--accounts N] [--clients N] [--operations N]
                              the quickstart: a bank account, load -> record -> save;
                              then the actor runtime: N accounts (default 1000), N
@@ -52,11 +79,12 @@ commands:
                              aggregate actors, throughput, and the invariant (money
                              conserved, no negative balance) checked against a fresh
                              replay of the log; exits 1 when it does not hold
-  bench store|actors [--scale X]
-                             benchmark the store, or commands through aggregate
-                             actors, against raw libpq (in a schema of its own;
-                             --scale multiplies the workload sizes; actors uses the
-                             configuration's store and aggregate options)
+  bench store|actors|projections [--scale X]
+                             benchmark the store, commands through aggregate
+                             actors, or projections (catch-up, live lag, takeover
+                             after SIGKILL), against raw libpq (in a schema of its
+                             own; --scale multiplies the workload sizes; actors uses
+                             the configuration's store and aggregate options)
   config                     the effective configuration, as a configuration file,
                              with where each value came from
   help, --help               this text
@@ -83,6 +111,27 @@ output (text):
   read, read-all
               POSITION<TAB>STREAM<TAB>VERSION<TAB>TYPE<TAB>DATA, one line per event
   streams     STREAM<TAB>VERSION<TAB>LAST_POSITION
+  tail        as read-all
+  projections NAME<TAB>STATE<TAB>OWNER<TAB>FENCE<TAB>GENERATION<TAB>CHECKPOINT<TAB>
+              APPLIED<TAB>LAG_EVENTS<TAB>LAG_SECONDS<TAB>PARKED<TAB>REBUILD<TAB>ERROR
+              (one line; STATE running|stopped; OWNER the lease holder, "-" when none
+              holds it; APPLIED events applied by the live generation; LAG events not
+              yet applied and the age of the oldest; PARKED dead letters waiting;
+              REBUILD "-", "requested" or "gN P%"; ERROR why it stopped, or "-")
+  projection rebuild
+              progress: on a terminal one line redrawn in place, otherwise now and
+              then a line: rebuilding NAME: generation G P% (A/T events, R events/s)
+              at the end: rebuilt NAME: generation G is live (N events applied, S.Ss)
+              when no replica drives it, a line: waiting for a replica to drive
+              projection NAME (no replica holds its lease)
+              with --no-wait: rebuild of NAME requested
+  projection reset, resume, skip, retry
+              "reset NAME to CHECKPOINT", "resumed NAME", "skipped dead letter ID",
+              "queued dead letter ID for another try"
+  projection dead-letters
+              ID<TAB>STATUS<TAB>GENERATION<TAB>CHECKPOINT<TAB>STREAM<TAB>VERSION<TAB>
+              TYPE<TAB>PARKED_AT<TAB>REASON (STATUS parked|retry|skipped|applied)
+  leases      RESOURCE<TAB>OWNER<TAB>FENCE<TAB>HELD<TAB>EXPIRES_AT (HELD yes|no)
   migrate     applied N migrations
   db start, db status
               lines "running: yes|no", "initialized: yes|no", "pid: N" (when
@@ -97,6 +146,27 @@ output (--json, one object per line):
                "global_position", "recorded_at", "checkpoint"}; data and metadata are
               JSON values; checkpoint is what --after takes
   streams     {"stream_id", "version", "last_position"}
+  tail        as read-all
+  projections {"name", "state", "last_error", "owner", "fence_token", "lease_held",
+               "live_generation", "checkpoint", "events_applied", "lag_events",
+               "lag_seconds", "parked", "last_event_at", "updated_at",
+               "rebuild_requested", "rebuild"}; rebuild is null or {"generation",
+              "checkpoint", "events_applied", "lag_events"}; owner is the last holder
+              (null: never held) and lease_held whether it holds the lease now
+  projection rebuild
+              progress {"name", "generation", "events_applied", "lag_events",
+              "percent", "events_per_second", "owner"}; when no replica drives it
+              {"name", "waiting_for_replica": true, "message"}; at the end {"name",
+              "live_generation", "switched": true}; with --no-wait {"name",
+              "rebuild_requested": true}
+  projection reset, resume
+              {"name", "checkpoint", "state"} (reset), {"name", "state"} (resume)
+  projection skip, retry
+              {"id", "status": "skipped"|"retry"}
+  projection dead-letters
+              {"id", "projection", "generation", "status", "checkpoint", "event_id",
+               "stream_id", "version", "type", "reason", "parked_at"}
+  leases      {"resource", "owner", "fence_token", "held", "expires_at", "acquired_at"}
   migrate     {"applied"}
   db start, db status
               {"running", "initialized", "pid", "data_dir", "socket_dir", "url"}
@@ -109,7 +179,8 @@ errors: one line "mire: CODE: MESSAGE" on stderr (without --json).
 
 exit codes:
   0  ok
-  1  other failure
+  1  other failure (also: no such projection or dead letter, a rebuild that did not
+     finish within --timeout, a stopped projection that cannot rebuild)
   2  usage error or bad input (the message names the bad value)
   3  concurrency conflict: the stream was not at the expected version
   4  database unavailable
@@ -147,6 +218,10 @@ const std::vector<command>& commands() {
       {"read", {{"from", true}}, run_read},
       {"read-all", {{"after", true}, {"category", true}, {"limit", true}}, run_read_all},
       {"streams", {{"category", true}}, run_streams},
+      {"tail", {{"after", true}, {"category", true}, {"type", true}, {"limit", true}}, run_tail},
+      {"projections", {}, run_projections},
+      {"projection", {{"no-wait", false}, {"timeout", true}, {"to", true}}, run_projection},
+      {"leases", {}, run_leases},
       {"demo", {{"accounts", true}, {"clients", true}, {"operations", true}}, run_demo},
       {"bench", {{"scale", true}}, run_bench},
       {"config", {}, run_config},

@@ -2,11 +2,14 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include <fmt/format.h>
 
+#include "access.hpp"
 #include "pg.hpp"
 #include "schema.hpp"
 #include "session.hpp"
@@ -14,6 +17,71 @@
 namespace mire {
 
 namespace detail {
+
+/// Wakes LISTEN mire_events followers (projection runners, `mire tail`) after events were
+/// committed: pg_notify from a thread of its own, off the appender's path, and coalesced (at
+/// most one per `window`). A NOTIFY inside each append transaction would make every commit
+/// queue on Postgres's notify lock, halving concurrent appends. Only a wake-up: followers read
+/// the log from their checkpoint and poll as a fallback (for writers outside mire, say).
+class append_notifier {
+public:
+  static constexpr auto window = std::chrono::milliseconds(5);
+
+  template <class Connect>
+  append_notifier(Connect connect, std::string schema)
+      : connect_(std::move(connect)), schema_(std::move(schema)) {}
+
+  ~append_notifier() {
+    {
+      std::lock_guard lock{mutex_};
+      stop_ = true;
+    }
+    wake_.notify_one();
+    if (thread_.joinable())
+      thread_.join(); // sends what is pending first: a short-lived `mire append` still notifies
+  }
+
+  /// Events were committed: a notification follows soon.
+  void poke() {
+    {
+      std::lock_guard lock{mutex_};
+      if (pending_)
+        return;
+      pending_ = true;
+      if (!thread_.joinable())
+        thread_ = std::thread([this] { run(); });
+    }
+    wake_.notify_one();
+  }
+
+private:
+  void run() {
+    std::unique_ptr<pg::connection> conn;
+    std::unique_lock lock{mutex_};
+    for (;;) {
+      wake_.wait(lock, [&] { return pending_ || stop_; });
+      if (!pending_)
+        return;
+      pending_ = false;
+      lock.unlock();
+      if (!conn || !conn->healthy()) {
+        auto c = connect_();
+        conn = c ? std::move(*c) : nullptr;
+      }
+      if (conn)
+        (void)conn->query("mire_notify", "SELECT pg_notify('mire_events', $1)", {schema_});
+      std::this_thread::sleep_for(window);
+      lock.lock();
+    }
+  }
+
+  std::function<result<std::unique_ptr<pg::connection>>()> connect_;
+  std::string schema_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool pending_ = false, stop_ = false;
+  std::thread thread_;
+};
 
 /// Shared state of an event_store: options, statement texts and the connection pool.
 struct store_impl {
@@ -30,6 +98,8 @@ struct store_impl {
   std::mutex heads_mutex;
   std::unordered_map<std::string, int64_t> known_heads;
   static constexpr std::size_t max_known_heads = 100'000;
+
+  append_notifier notifier{[this] { return connect(); }, options.schema};
 
   explicit store_impl(store_options o) : options(std::move(o)), sql(options.schema) {}
 
@@ -99,6 +169,7 @@ struct store_impl {
 struct pooled_connection {
   std::shared_ptr<store_impl> pool;
   std::unique_ptr<pg::connection> conn;
+  bool appended = false; ///< a transaction on it appended events: notify after its commit
   ~pooled_connection() {
     if (conn)
       pool->release(std::move(conn));
@@ -167,8 +238,10 @@ result<append_result> event_store::append(std::string_view stream_id, expected_v
     const bool known = !expected.is_any() && impl_->knows(stream_id, expected.value());
     auto r = detail::append(*held.conn, impl_->sql, detail::tx_mode::autocommit, stream_id,
                             expected, known, events);
-    if (r)
+    if (r) {
       impl_->remember(stream_id, r->version);
+      impl_->notifier.poke();
+    }
     // In doubt: resend once on a fresh connection. The event ids make the resend idempotent, so
     // it either stores the events or reports the first attempt's positions.
     if (!r && r.error().code == errc::commit_in_doubt && attempt == 0) {
@@ -207,6 +280,13 @@ result<log_page> event_store::read_all(checkpoint after, std::size_t limit,
   });
 }
 
+result<log_page> event_store::read_all(checkpoint after, std::size_t limit,
+                                       const log_filter& filter) {
+  return with_connection(impl_, [&](pg::connection& c) {
+    return detail::read_all(c, impl_->sql, after, limit, filter);
+  });
+}
+
 result<std::vector<stream_info>> event_store::streams(std::string_view category) {
   return with_connection(impl_, [&](pg::connection& c) {
     return detail::streams(c, impl_->sql, category);
@@ -226,9 +306,12 @@ result<void> event_store::save_snapshot(const snapshot& s) {
 }
 
 result<batch_result> event_store::append_batch(std::vector<stream_append> batch) {
-  return with_connection(impl_, [&](pg::connection& c) {
+  auto r = with_connection(impl_, [&](pg::connection& c) {
     return detail::append_batch(c, impl_->sql, batch, impl_->options);
   });
+  if (r)
+    impl_->notifier.poke();
+  return r;
 }
 
 result<std::vector<result<append_result>>> event_store::append_group(
@@ -236,10 +319,12 @@ result<std::vector<result<append_result>>> event_store::append_group(
   auto r = with_connection(impl_, [&](pg::connection& c) {
     return detail::append_group(c, impl_->sql, group, impl_->options);
   });
-  if (r)
+  if (r) {
     for (std::size_t i = 0; i < group.size(); ++i)
       if ((*r)[i])
         impl_->remember(group[i].stream_id, (*r)[i]->version);
+    impl_->notifier.poke();
+  }
   return r;
 }
 
@@ -288,8 +373,11 @@ result<append_result> transaction::append(std::string_view stream_id, expected_v
   // Committed versions the store knows of may skip the probe; this transaction's own appends are
   // not remembered, since they may yet roll back.
   const bool known = !expected.is_any() && impl.knows(stream_id, expected.value());
-  return guard(detail::append(*conn_->conn, impl.sql, detail::tx_mode::in_transaction, stream_id,
-                              expected, known, events));
+  auto r = guard(detail::append(*conn_->conn, impl.sql, detail::tx_mode::in_transaction, stream_id,
+                                expected, known, events));
+  if (r)
+    conn_->appended = true;
+  return r;
 }
 
 result<std::vector<recorded_event>> transaction::read_stream(std::string_view stream_id,
@@ -320,14 +408,42 @@ result<void> transaction::save_snapshot(const snapshot& s) {
   return guard(detail::save_snapshot(*conn_->conn, conn_->pool->sql, s, conn_->pool->options));
 }
 
+result<sql_rows> transaction::execute(std::string_view sql, const std::vector<sql_param>& params) {
+  if (auto ok = usable(); !ok)
+    return ok.error();
+  std::vector<pg::param> values;
+  values.reserve(params.size());
+  for (const auto& p : params)
+    values.push_back(p ? pg::param{*p} : pg::param{});
+  auto r = conn_->conn->query_text(std::string(sql), values);
+  if (!r)
+    return guard(result<sql_rows>{std::move(r).error()});
+  sql_rows out;
+  out.affected = r->affected();
+  const int cols = PQnfields(r->get());
+  out.rows.reserve(r->size());
+  for (int i = 0; i < r->size(); ++i) {
+    auto& row = out.rows.emplace_back();
+    row.reserve(cols);
+    for (int c = 0; c < cols; ++c)
+      row.push_back(r->is_null(i, c) ? std::nullopt : std::optional<std::string>{r->str(i, c)});
+  }
+  return out;
+}
+
 result<void> transaction::commit() {
   if (auto ok = usable(); !ok)
     return ok;
   auto r = conn_->conn->exec("COMMIT");
   const bool lost = !conn_->conn->healthy();
+  auto pool = conn_->pool;
+  const bool appended = conn_->appended;
   conn_.reset();  // back to the pool (or closed, when broken)
-  if (r)
+  if (r) {
+    if (appended)
+      pool->notifier.poke();
     return {};
+  }
   auto err = std::move(r).error();
   if (lost) {
     err.code = errc::commit_in_doubt;
@@ -342,5 +458,30 @@ void transaction::rollback() {
     (void)conn_->conn->exec("ROLLBACK");
   conn_.reset();
 }
+
+// --- store_access ----------------------------------------------------------------------------
+
+namespace detail {
+
+result<pg::rows> store_access::run(const event_store& store, const std::string& name,
+                                   const std::string& sql, const std::vector<pg::param>& params) {
+  return with_connection(store.impl_,
+                         [&](pg::connection& c) { return c.query(name, sql, params); });
+}
+
+pg::connection* store_access::connection(transaction& tx) {
+  return tx.active() ? tx.conn_->conn.get() : nullptr;
+}
+
+void store_access::fail(transaction& tx) {
+  tx.failed_ = true;
+  tx.rollback();
+}
+
+const std::string& store_access::schema(const event_store& store) {
+  return store.impl_->options.schema;
+}
+
+} // namespace detail
 
 } // namespace mire

@@ -145,6 +145,34 @@ result<rows> connection::query(const std::string& name, const std::string& sql,
                 name);
 }
 
+result<rows> connection::query_text(const std::string& sql, const std::vector<param>& params) {
+  constexpr std::size_t max_cached = 256;
+  auto it = by_text_.find(sql);
+  if (it != by_text_.end())
+    return query(it->second, sql, params);
+  if (by_text_.size() < max_cached) {
+    auto name = fmt::format("mire_q{}", by_text_.size());
+    auto r = query(name, sql, params);
+    if (prepared_.contains(name))
+      by_text_.emplace(sql, std::move(name));
+    return r;
+  }
+  std::vector<std::string> owned;
+  owned.reserve(params.size());
+  std::vector<const char*> values(params.size(), nullptr);
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    if (params[i] && params[i]->find('\0') != std::string_view::npos)
+      return bad_input(fmt::format("parameter {} contains a NUL byte", i + 1));
+    if (params[i]) {
+      owned.emplace_back(*params[i]);
+      values[i] = owned.back().c_str();
+    }
+  }
+  return finish(PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), nullptr,
+                             values.data(), nullptr, nullptr, 0),
+                "query");
+}
+
 result<void> connection::copy_begin(const std::string& sql) {
   copy_failed_ = false;
   auto start = finish(PQexec(conn_, sql.c_str()), "copy");

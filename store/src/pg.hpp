@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -61,6 +62,9 @@ public:
                      std::initializer_list<param> params);
   result<rows> query(const std::string& name, const std::string& sql,
                      const std::vector<param>& params);
+  /// Runs caller-written SQL with parameters, prepared once per connection and cached by its
+  /// text (the first 256 distinct texts; later ones run unprepared).
+  result<rows> query_text(const std::string& sql, const std::vector<param>& params);
 
   /// The details of the last failure (constraint, lost connection).
   const std::string& last_constraint() const { return last_constraint_; }
@@ -83,6 +87,7 @@ private:
   result<rows> finish(PGresult* r, std::string_view what);
   PGconn* conn_;
   std::unordered_set<std::string> prepared_;
+  std::unordered_map<std::string, std::string> by_text_; // SQL text -> prepared statement name
   std::string last_constraint_;
   bool last_lost_ = false;
   bool copy_failed_ = false;

@@ -109,6 +109,61 @@ BEGIN
 END
 $fn$;
 )sql"},
+    migration{3, "projections", R"sql(
+-- Projections (DESIGN rules 3, 4). Migration 1's `checkpoints` table stays unused: a projection
+-- now has generations (a rebuild builds the next one beside the live one), each with its own
+-- checkpoint, so checkpoints live in projection_generations.
+CREATE TABLE {s}.projections (
+  name text PRIMARY KEY,
+  category text NOT NULL DEFAULT '',       -- the filter, kept for status and lag ('' = all)
+  event_types text[] NOT NULL DEFAULT '{}', -- '{}' = all
+  live_generation int NOT NULL DEFAULT 1,   -- readers' views point at this generation's tables
+  state text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'stopped')),
+  error text,                               -- why it stopped
+  rebuild_requested boolean NOT NULL DEFAULT false,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per generation whose read model is set up: the live one and, during a rebuild, the
+-- next. The checkpoint is (transaction_id, position) of the last event applied (rule 3); it is
+-- written only in the transaction of the read-model writes, under the lease's fence (rule 4).
+CREATE TABLE {s}.projection_generations (
+  name text NOT NULL REFERENCES {s}.projections (name) ON DELETE CASCADE,
+  generation int NOT NULL,
+  transaction_id xid8 NOT NULL DEFAULT '0',
+  position bigint NOT NULL DEFAULT 0,
+  fence_token bigint NOT NULL DEFAULT 0,    -- the fence of the last commit
+  events_applied bigint NOT NULL DEFAULT 0,
+  last_recorded_at timestamptz,             -- recorded_at of the last event applied
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (name, generation)
+);
+
+-- Events a handler refused under the `park` policy; an operator skips or retries them by id.
+CREATE TABLE {s}.projection_dead_letters (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  projection text NOT NULL,
+  generation int NOT NULL,
+  transaction_id xid8 NOT NULL,
+  position bigint NOT NULL,
+  event_id uuid NOT NULL,
+  stream_id text NOT NULL,
+  version bigint NOT NULL,
+  event_type text NOT NULL,
+  error text NOT NULL,
+  status text NOT NULL DEFAULT 'parked' CHECK (status IN ('parked', 'retry', 'skipped', 'applied')),
+  parked_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (projection, generation, event_id)
+);
+CREATE INDEX projection_dead_letters_status ON {s}.projection_dead_letters (projection, status);
+
+-- Followers of the log are woken by pg_notify('mire_events', <schema>), sent by mire after
+-- appends commit (event_store.cpp, append_notifier), not by a trigger: a NOTIFY inside every
+-- append transaction would make all commits queue on Postgres's notify lock.
+)sql"},
 };
 
 } // namespace

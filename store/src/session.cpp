@@ -22,9 +22,13 @@ constexpr std::size_t max_type_bytes = 256;
 // re-reads the head and tries again until this deadline, then reports a timeout.
 constexpr auto race_deadline = std::chrono::seconds(10);
 
-constexpr std::string_view event_columns =
+} // namespace
+
+const std::string_view event_columns =
     "version, global_position, transaction_id, event_id, event_type, payload, metadata, "
     "recorded_at";
+
+namespace {
 
 // Length of the UTF-8 sequence starting at s[i], or 0 when it is not valid UTF-8.
 std::size_t utf8_sequence(std::string_view s, std::size_t i) {
@@ -93,6 +97,8 @@ template <class F> std::string array_literal(const std::vector<event_data>& even
   return out;
 }
 
+} // namespace
+
 std::string text_array(const std::vector<std::string_view>& values) {
   std::string out = "{";
   for (std::size_t i = 0; i < values.size(); ++i) {
@@ -103,6 +109,8 @@ std::string text_array(const std::vector<std::string_view>& values) {
   out += '}';
   return out;
 }
+
+namespace {
 
 // "2026-11-26 07:05:41.123456+00" (ISO DateStyle, UTC) -> "2026-11-26T07:05:41.123456Z".
 std::string iso_time(std::string_view pg_time) {
@@ -222,6 +230,18 @@ RETURNING version, global_position)sql");
                     "WHERE category = $4 AND (transaction_id, global_position) > ($1::xid8, $2::bigint) "
                     "AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) "
                     "ORDER BY transaction_id, global_position LIMIT $3");
+  read_types = s("SELECT stream_id, " + cols +
+                 " FROM {s}.events "
+                 "WHERE event_type = ANY($4::text[]) "
+                 "AND (transaction_id, global_position) > ($1::xid8, $2::bigint) "
+                 "AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) "
+                 "ORDER BY transaction_id, global_position LIMIT $3");
+  read_category_types = s("SELECT stream_id, " + cols +
+                          " FROM {s}.events "
+                          "WHERE category = $4 AND event_type = ANY($5::text[]) "
+                          "AND (transaction_id, global_position) > ($1::xid8, $2::bigint) "
+                          "AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) "
+                          "ORDER BY transaction_id, global_position LIMIT $3");
   streams_all = s("SELECT stream_id, max(version), max(global_position) FROM {s}.events "
                   "GROUP BY stream_id ORDER BY stream_id");
   streams_category = s("SELECT stream_id, max(version), max(global_position) FROM {s}.events "
@@ -498,6 +518,42 @@ result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoin
   page.events.reserve(r->size());
   for (int i = 0; i < r->size(); ++i)
     page.events.push_back(to_event(*r, i, 1, r->str(i, 0)));
+  page.next = page.events.empty() ? after : page.events.back().checkpoint();
+  return page;
+}
+
+recorded_event event_row(const pg::rows& r, int row) {
+  return to_event(r, row, 1, r.str(row, 0));
+}
+
+result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoint after,
+                          std::size_t limit, const log_filter& filter) {
+  if (filter.types.empty())
+    return read_all(conn, sql, after, limit, filter.category);
+  if (limit == 0)
+    return bad_input("read limit must be at least 1");
+  if (auto ok = check_category(filter.category); !ok)
+    return ok.error();
+  std::vector<std::string_view> types;
+  for (std::size_t i = 0; i < filter.types.size(); ++i) {
+    if (auto ok = check_type(filter.types[i], i); !ok)
+      return ok.error();
+    types.push_back(filter.types[i]);
+  }
+  const auto tx = std::to_string(after.transaction_id);
+  const auto pos = std::to_string(after.position);
+  const auto lim = std::to_string(std::min<std::size_t>(limit, INT64_MAX));
+  const auto type_list = text_array(types);
+  auto r = filter.category.empty()
+               ? conn.query("mire_read_types", sql.read_types, {tx, pos, lim, type_list})
+               : conn.query("mire_read_category_types", sql.read_category_types,
+                            {tx, pos, lim, filter.category, type_list});
+  if (!r)
+    return r.error();
+  log_page page;
+  page.events.reserve(r->size());
+  for (int i = 0; i < r->size(); ++i)
+    page.events.push_back(event_row(*r, i));
   page.next = page.events.empty() ? after : page.events.back().checkpoint();
   return page;
 }

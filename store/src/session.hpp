@@ -15,8 +15,9 @@ namespace mire::detail {
 /// Statement texts for one schema, built once per store.
 struct statements {
   explicit statements(std::string_view schema);
-  std::string append_one, append_one_known, append_one_any, append_many, append_many_any, find_event_ids, stream_version, read_stream, read_all,
-      read_category, streams_all, streams_category, load_snapshot, save_snapshot, batch_heads,
+  std::string append_one, append_one_known, append_one_any, append_many, append_many_any,
+      find_event_ids, stream_version, read_stream, read_all, read_category, read_types,
+      read_category_types, streams_all, streams_category, load_snapshot, save_snapshot, batch_heads,
       batch_copy, batch_positions, append_group_exact, append_group_set, append_group;
 };
 
@@ -41,6 +42,14 @@ result<int64_t> stream_version(pg::connection& conn, const statements& sql,
                                std::string_view stream_id);
 result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoint after,
                           std::size_t limit, std::string_view category);
+result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoint after,
+                          std::size_t limit, const log_filter& filter);
+/// Reads the columns "stream_id, <event columns>" of row `row`.
+recorded_event event_row(const pg::rows& r, int row);
+/// The event columns in the order event_row reads them, after stream_id.
+extern const std::string_view event_columns;
+/// Postgres text-format array literal of `values`.
+std::string text_array(const std::vector<std::string_view>& values);
 result<std::vector<stream_info>> streams(pg::connection& conn, const statements& sql,
                                          std::string_view category);
 result<std::optional<snapshot>> load_snapshot(pg::connection& conn, const statements& sql,

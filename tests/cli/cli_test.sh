@@ -53,6 +53,12 @@ expect_in "$out" "exit codes:" "--help"
 run help
 expect_rc 0 "help"
 expect_in "$out" "read-all [--after CHECKPOINT]" "help"
+# The commands of tests/cli/projections_test.sh are documented too.
+for usage in "tail [--after CHECKPOINT]" "projections " "projection rebuild NAME" \
+  "projection reset NAME --to CHECKPOINT|start" "projection resume NAME" \
+  "projection dead-letters NAME" "projection skip ID" "projection retry ID" "leases "; do
+  expect_in "$out" "$usage" "help"
+done
 run --version
 expect_rc 0 "--version"
 expect_in "$out" "mire " "--version"

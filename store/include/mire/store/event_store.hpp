@@ -18,6 +18,7 @@ namespace mire {
 namespace detail {
 struct store_impl;
 struct pooled_connection;
+struct store_access;
 } // namespace detail
 
 /// How to reach the database and how to behave there.
@@ -31,6 +32,30 @@ struct store_options {
 };
 
 class transaction;
+
+/// A parameter of caller-written SQL: its text form (cast it in SQL, e.g. `$1::bigint`), or
+/// nullopt for NULL.
+using sql_param = std::optional<std::string>;
+
+/// What caller-written SQL returned: rows of text values (nullopt for NULL) and, for INSERT,
+/// UPDATE and DELETE, how many rows it affected.
+struct sql_rows {
+  std::vector<std::vector<std::optional<std::string>>> rows;
+  int64_t affected = 0;
+
+  std::size_t size() const { return rows.size(); }
+  bool empty() const { return rows.empty(); }
+  /// The value at (row, col); throws std::out_of_range when there is none.
+  const std::optional<std::string>& at(std::size_t row, std::size_t col) const {
+    return rows.at(row).at(col);
+  }
+};
+
+/// Which events a reader of the global log wants: one category and/or some event types.
+struct log_filter {
+  std::string category;           ///< empty: every category
+  std::vector<std::string> types; ///< empty: every type
+};
 
 /// Thread-safe handle to an event store; cheap to copy (copies share one connection pool).
 class event_store {
@@ -62,6 +87,9 @@ public:
   /// order: never skips an event whose transaction commits late (DESIGN rule 3).
   result<log_page> read_all(checkpoint after, std::size_t limit,
                             std::string_view category = {});
+  /// read_all with a filter on category and event types. `next` is the last matching event's
+  /// checkpoint, so events skipped by the filter are scanned again by the next read.
+  result<log_page> read_all(checkpoint after, std::size_t limit, const log_filter& filter);
 
   /// The streams (of one category, or all) with their versions, ordered by id.
   result<std::vector<stream_info>> streams(std::string_view category = {});
@@ -90,6 +118,7 @@ public:
   template <class F> auto transact(F&& fn) -> std::invoke_result_t<F, transaction&>;
 
 private:
+  friend struct detail::store_access;
   explicit event_store(std::shared_ptr<detail::store_impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<detail::store_impl> impl_;
 };
@@ -112,6 +141,12 @@ public:
   result<std::optional<snapshot>> load_snapshot(std::string_view stream_id);
   result<void> save_snapshot(const snapshot& s);
 
+  /// Runs one SQL statement of yours (a projection's read-model writes, say) in this
+  /// transaction. Pass every value as a parameter ($1, $2, ...), never inside the text.
+  /// Statements are prepared once per connection, keyed by their text. A failure rolls the
+  /// transaction back, as for every other call.
+  result<sql_rows> execute(std::string_view sql, const std::vector<sql_param>& params = {});
+
   /// Commits. commit_in_doubt when the connection broke while committing.
   result<void> commit();
   /// Rolls back (idempotent).
@@ -120,6 +155,7 @@ public:
 
 private:
   friend class event_store;
+  friend struct detail::store_access;
   explicit transaction(std::unique_ptr<detail::pooled_connection> conn);
   result<void> usable() const;
   template <class T> result<T> guard(result<T> r);

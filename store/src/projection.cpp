@@ -1,0 +1,920 @@
+// The projector: fenced batches (rule 4) over the commit-safe global log (rule 3), poison
+// policies, dead letters, and rebuilds into a new generation switched live in one transaction.
+#include "mire/store/projection.hpp"
+
+#include <poll.h>
+
+#include <cerrno>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "access.hpp"
+#include "pg.hpp"
+#include "schema.hpp"
+#include "session.hpp"
+
+namespace mire {
+
+namespace {
+
+using detail::store_access;
+using clock = std::chrono::steady_clock;
+
+constexpr std::size_t max_identifier = 50; // leaves room for "_g<generation>" within 63
+constexpr int retries_per_step = 100;
+
+bool plain_identifier(std::string_view s) {
+  bool ok = !s.empty() && s.size() <= max_identifier && !(s[0] >= '0' && s[0] <= '9');
+  for (char c : s)
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_');
+  return ok;
+}
+
+result<void> check_name(std::string_view name) {
+  if (plain_identifier(name))
+    return {};
+  return bad_input(fmt::format("projection name '{}' must be 1-{} characters of a-z, 0-9 and _, "
+                               "not starting with a digit",
+                               detail::printable(name), max_identifier));
+}
+
+// Transient: worth trying again later as it is. Anything else a handler returns is poison.
+bool transient(const error& e) {
+  return e.code == errc::unavailable || e.code == errc::commit_in_doubt ||
+         e.code == errc::timeout || e.code == errc::version_conflict || e.code == errc::fenced_out;
+}
+
+error fenced(const lease& held) {
+  return error{errc::fenced_out, fmt::format("lease {} is no longer held by {} with fence {}",
+                                             held.resource, held.owner, held.fence_token)};
+}
+
+// Statement texts for one schema.
+struct texts {
+  std::string register_projection, head, rebuild_failed, lock_lease, lock_generation,
+      lock_projection, guard, insert_generation, clear_rebuild, switch_live, drop_generation, park,
+      stop, retries, retry_done, retry_failed, status, request_rebuild, reset, resume, dead_letters,
+      skip, retry;
+
+  explicit texts(std::string_view schema) {
+    auto s = [&](std::string_view t) { return detail::in_schema(t, schema); };
+    register_projection = s(R"sql(
+INSERT INTO {s}.projections AS p (name, category, event_types) VALUES ($1, $2, $3::text[])
+ON CONFLICT (name) DO UPDATE SET category = excluded.category, event_types = excluded.event_types
+WHERE (p.category, p.event_types) IS DISTINCT FROM (excluded.category, excluded.event_types))sql");
+    // One row per generation (or one with NULLs before the first is set up).
+    head = s(R"sql(
+SELECT p.state, p.live_generation, p.rebuild_requested,
+       EXISTS (SELECT 1 FROM {s}.projection_dead_letters d
+               WHERE d.projection = p.name AND d.status = 'retry'),
+       g.generation, g.transaction_id, g.position
+FROM {s}.projections p LEFT JOIN {s}.projection_generations g ON g.name = p.name
+WHERE p.name = $1 ORDER BY g.generation)sql");
+    // Held until commit: a takeover (which updates this row) waits for the batch to end, and
+    // the batch starts only while the lease is ours and live by the database clock.
+    // A batch left idle in transaction past the lease's end (its process paused: GC, SIGSTOP)
+    // is ended by the server, so it never keeps the next owner waiting for long.
+    lock_lease = s(R"sql(
+SELECT set_config('idle_in_transaction_session_timeout',
+         greatest(250, extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint::text,
+         true)
+FROM {s}.leases
+WHERE resource = $1 AND owner = $2 AND fence_token = $3 AND expires_at > clock_timestamp()
+FOR SHARE)sql");
+    // Serialises with reset_projection; the checkpoint read here must be the batch's start.
+    lock_generation = s(R"sql(
+SELECT transaction_id, position FROM {s}.projection_generations
+WHERE name = $1 AND generation = $2 FOR UPDATE)sql");
+    lock_projection = s(R"sql(
+SELECT live_generation, rebuild_requested FROM {s}.projections WHERE name = $1 FOR UPDATE)sql");
+    // Rule 4: the checkpoint moves only from where the batch started, only while the lease row
+    // still carries our owner and fence unexpired. Zero rows: roll everything back.
+    guard = s(R"sql(
+UPDATE {s}.projection_generations g
+SET transaction_id = $6::xid8, position = $7::bigint, fence_token = $3::bigint,
+    events_applied = g.events_applied + $8::bigint,
+    last_recorded_at = coalesce($9::timestamptz, g.last_recorded_at), updated_at = now()
+WHERE g.name = $4 AND g.generation = $5::int
+  AND g.transaction_id = $10::xid8 AND g.position = $11::bigint
+  AND EXISTS (SELECT 1 FROM {s}.leases l
+              WHERE l.resource = $1 AND l.owner = $2 AND l.fence_token = $3::bigint
+                AND l.expires_at > clock_timestamp()))sql");
+    insert_generation = s(R"sql(
+INSERT INTO {s}.projection_generations (name, generation, fence_token) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING)sql");
+    clear_rebuild = s("UPDATE {s}.projections SET rebuild_requested = false, updated_at = now() "
+                      "WHERE name = $1");
+    switch_live = s("UPDATE {s}.projections SET live_generation = $2, updated_at = now(), "
+                    "error = CASE WHEN state = 'running' THEN NULL ELSE error END "
+                    "WHERE name = $1 AND live_generation = $3");
+    drop_generation = s(R"sql(
+WITH gone AS (DELETE FROM {s}.projection_dead_letters WHERE projection = $1 AND generation = $2)
+DELETE FROM {s}.projection_generations WHERE name = $1 AND generation = $2)sql");
+    park = s(R"sql(
+INSERT INTO {s}.projection_dead_letters
+  (projection, generation, transaction_id, position, event_id, stream_id, version, event_type, error)
+VALUES ($1, $2, $3::xid8, $4, $5::uuid, $6, $7, $8, $9)
+ON CONFLICT (projection, generation, event_id) DO UPDATE
+SET error = excluded.error, status = 'parked', updated_at = now())sql");
+    stop = s("UPDATE {s}.projections SET state = 'stopped', error = $2, updated_at = now() "
+             "WHERE name = $1");
+    rebuild_failed = s("UPDATE {s}.projections SET rebuild_requested = false, error = $2, "
+                       "updated_at = now() WHERE name = $1");
+    retries = s(R"sql(
+SELECT e.stream_id, e.version, e.global_position, e.transaction_id, e.event_id, e.event_type,
+       e.payload, e.metadata, e.recorded_at, d.id, d.generation
+FROM {s}.projection_dead_letters d JOIN {s}.events e ON e.event_id = d.event_id
+WHERE d.projection = $1 AND d.status = 'retry' ORDER BY d.id LIMIT $2)sql");
+    retry_done = s(R"sql(
+UPDATE {s}.projection_dead_letters SET status = 'applied', updated_at = now()
+WHERE id = $4 AND status = 'retry'
+  AND EXISTS (SELECT 1 FROM {s}.leases l
+              WHERE l.resource = $1 AND l.owner = $2 AND l.fence_token = $3::bigint
+                AND l.expires_at > clock_timestamp()))sql");
+    retry_failed = s("UPDATE {s}.projection_dead_letters SET status = 'parked', error = $2, "
+                     "updated_at = now() WHERE id = $1 AND status = 'retry'");
+    status = s(R"sql(
+SELECT p.name, p.state, coalesce(p.error, ''), p.live_generation,
+       coalesce(g.transaction_id, '0'), coalesce(g.position, 0), coalesce(g.events_applied, 0),
+       coalesce(to_char(g.last_recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), ''),
+       coalesce(to_char(g.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), ''),
+       coalesce(l.owner, ''), coalesce(l.fence_token, 0), coalesce(l.expires_at > now(), false),
+       (SELECT count(*) FROM {s}.projection_dead_letters d
+        WHERE d.projection = p.name AND d.status IN ('parked', 'retry')),
+       p.rebuild_requested, coalesce(b.generation, 0), coalesce(b.transaction_id, '0'),
+       coalesce(b.position, 0), coalesce(b.events_applied, 0),
+       lag.n, coalesce(lag.age, 0), coalesce(rlag.n, 0)
+FROM {s}.projections p
+LEFT JOIN {s}.projection_generations g ON g.name = p.name AND g.generation = p.live_generation
+LEFT JOIN {s}.projection_generations b ON b.name = p.name AND b.generation > p.live_generation
+LEFT JOIN {s}.leases l ON l.resource = 'projection:' || p.name
+LEFT JOIN LATERAL (
+  SELECT count(*) AS n, extract(epoch FROM now() - min(e.recorded_at))::float8 AS age
+  FROM {s}.events e
+  WHERE (e.transaction_id, e.global_position) > (coalesce(g.transaction_id, '0'), coalesce(g.position, 0))
+    AND (p.category = '' OR e.category = p.category)
+    AND (cardinality(p.event_types) = 0 OR e.event_type = ANY(p.event_types))) lag ON true
+LEFT JOIN LATERAL (
+  SELECT count(*) AS n FROM {s}.events e
+  WHERE b.generation IS NOT NULL
+    AND (e.transaction_id, e.global_position) > (b.transaction_id, b.position)
+    AND (p.category = '' OR e.category = p.category)
+    AND (cardinality(p.event_types) = 0 OR e.event_type = ANY(p.event_types))) rlag ON true
+WHERE $1 = '' OR p.name = $1
+ORDER BY p.name)sql");
+    request_rebuild = s("UPDATE {s}.projections SET rebuild_requested = true, updated_at = now() "
+                        "WHERE name = $1 RETURNING name");
+    reset = s(R"sql(
+WITH p AS (UPDATE {s}.projections SET state = 'running', error = NULL, updated_at = now()
+           WHERE name = $1 RETURNING name, live_generation)
+UPDATE {s}.projection_generations g
+SET transaction_id = $2::xid8, position = $3::bigint, updated_at = now()
+FROM p WHERE g.name = p.name AND g.generation = p.live_generation
+RETURNING g.name)sql");
+    resume = s("UPDATE {s}.projections SET state = 'running', error = NULL, updated_at = now() "
+               "WHERE name = $1 RETURNING name");
+    dead_letters = s(R"sql(
+SELECT id, projection, generation, transaction_id, position, event_id, stream_id, version,
+       event_type, error, status, to_char(parked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+FROM {s}.projection_dead_letters WHERE projection = $1 ORDER BY id)sql");
+    skip = s("UPDATE {s}.projection_dead_letters SET status = 'skipped', updated_at = now() "
+             "WHERE id = $1 AND status IN ('parked', 'retry') RETURNING id");
+    retry = s("UPDATE {s}.projection_dead_letters SET status = 'retry', updated_at = now() "
+              "WHERE id = $1 AND status = 'parked' RETURNING id");
+  }
+};
+
+// The texts of a store's schema, built once per call site's store.
+const texts& texts_of(const event_store& store) {
+  thread_local std::map<std::string, texts> cache;
+  const auto& schema = store_access::schema(store);
+  auto it = cache.find(schema);
+  if (it == cache.end())
+    it = cache.emplace(schema, texts{schema}).first;
+  return it->second;
+}
+
+std::string type_list(const log_filter& f) {
+  std::vector<std::string_view> v(f.types.begin(), f.types.end());
+  return detail::text_array(v);
+}
+
+result<pg::rows> run(event_store& store, const char* name, const std::string& sql,
+                     std::vector<pg::param> params) {
+  return store_access::run(store, name, sql, params);
+}
+
+// A transaction whose internal statements fail it as a whole (and roll it back).
+struct fenced_tx {
+  transaction tx;
+  pg::connection* conn;
+
+  result<pg::rows> q(const char* name, const std::string& sql, const std::vector<pg::param>& p) {
+    if (conn == nullptr || !tx.active())
+      return error{errc::internal, "the projection transaction is no longer active"};
+    auto r = conn->query(name, sql, p);
+    if (!r)
+      store_access::fail(tx);
+    return r;
+  }
+  result<pg::rows> ddl(const std::string& sql) {
+    if (conn == nullptr || !tx.active())
+      return error{errc::internal, "the projection transaction is no longer active"};
+    auto r = conn->exec(sql);
+    if (!r)
+      store_access::fail(tx);
+    return r;
+  }
+};
+
+} // namespace
+
+// --- context ---------------------------------------------------------------------------------
+
+projection_context::projection_context(std::string name, int32_t generation, std::string schema)
+    : name_(std::move(name)), generation_(generation), schema_(std::move(schema)) {}
+
+std::string projection_context::table(std::string_view base) const {
+  return pg::quote_ident(schema_) + "." + pg::quote_ident(fmt::format("{}_g{}", base, generation_));
+}
+
+std::string projection_context::view(std::string_view base) const {
+  return pg::quote_ident(schema_) + "." + pg::quote_ident(base);
+}
+
+std::string projection_resource(std::string_view name) {
+  return fmt::format("projection:{}", name);
+}
+
+// --- operator functions ----------------------------------------------------------------------
+
+namespace {
+
+std::vector<projection_status> statuses_of(const pg::rows& r) {
+  std::vector<projection_status> out;
+  for (int i = 0; i < r.size(); ++i) {
+    projection_status s;
+    s.name = r.str(i, 0);
+    s.state = r.str(i, 1);
+    s.error = r.str(i, 2);
+    s.live_generation = static_cast<int32_t>(r.int64(i, 3));
+    s.position = {r.uint64(i, 4), r.int64(i, 5)};
+    s.events_applied = r.int64(i, 6);
+    s.last_event_at = r.str(i, 7);
+    s.updated_at = r.str(i, 8);
+    s.owner = r.str(i, 9);
+    s.fence_token = r.int64(i, 10);
+    s.lease_held = r.text(i, 11) == "t";
+    s.parked = r.int64(i, 12);
+    s.rebuild_requested = r.text(i, 13) == "t";
+    s.rebuild_generation = static_cast<int32_t>(r.int64(i, 14));
+    s.rebuild_position = {r.uint64(i, 15), r.int64(i, 16)};
+    s.rebuild_events_applied = r.int64(i, 17);
+    s.lag_events = r.int64(i, 18);
+    s.lag_seconds = std::stod(r.str(i, 19));
+    s.rebuild_lag_events = r.int64(i, 20);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+error no_projection(std::string_view name) {
+  return error{errc::not_found, fmt::format("no projection named '{}'", detail::printable(name))};
+}
+
+} // namespace
+
+result<std::vector<projection_status>> projection_statuses(event_store& store) {
+  auto r = run(store, "mire_projection_status", texts_of(store).status, {""});
+  if (!r)
+    return r.error();
+  return statuses_of(*r);
+}
+
+result<projection_status> projection_status_of(event_store& store, std::string_view name) {
+  if (auto ok = check_name(name); !ok)
+    return ok.error();
+  auto r = run(store, "mire_projection_status", texts_of(store).status, {name});
+  if (!r)
+    return r.error();
+  auto all = statuses_of(*r);
+  if (all.empty())
+    return no_projection(name);
+  return std::move(all.front());
+}
+
+result<void> request_rebuild(event_store& store, std::string_view name) {
+  if (auto ok = check_name(name); !ok)
+    return ok.error();
+  auto r = run(store, "mire_projection_rebuild", texts_of(store).request_rebuild, {name});
+  if (!r)
+    return r.error();
+  if (r->empty())
+    return no_projection(name);
+  return {};
+}
+
+result<void> reset_projection(event_store& store, std::string_view name, checkpoint to) {
+  if (auto ok = check_name(name); !ok)
+    return ok.error();
+  if (to.position < 0)
+    return bad_input(fmt::format("checkpoint {} has a negative position", to.to_string()));
+  const auto tx = std::to_string(to.transaction_id);
+  const auto pos = std::to_string(to.position);
+  auto r = run(store, "mire_projection_reset", texts_of(store).reset, {name, tx, pos});
+  if (!r)
+    return r.error();
+  if (r->empty())
+    return no_projection(name);
+  return {};
+}
+
+result<void> resume_projection(event_store& store, std::string_view name) {
+  if (auto ok = check_name(name); !ok)
+    return ok.error();
+  auto r = run(store, "mire_projection_resume", texts_of(store).resume, {name});
+  if (!r)
+    return r.error();
+  if (r->empty())
+    return no_projection(name);
+  return {};
+}
+
+result<std::vector<dead_letter>> dead_letters(event_store& store, std::string_view name) {
+  if (auto ok = check_name(name); !ok)
+    return ok.error();
+  auto r = run(store, "mire_projection_dead_letters", texts_of(store).dead_letters, {name});
+  if (!r)
+    return r.error();
+  std::vector<dead_letter> out;
+  for (int i = 0; i < r->size(); ++i)
+    out.push_back(dead_letter{r->int64(i, 0), r->str(i, 1), static_cast<int32_t>(r->int64(i, 2)),
+                              checkpoint{r->uint64(i, 3), r->int64(i, 4)}, r->str(i, 5),
+                              r->str(i, 6), r->int64(i, 7), r->str(i, 8), r->str(i, 9),
+                              r->str(i, 10), r->str(i, 11)});
+  return out;
+}
+
+result<void> skip_dead_letter(event_store& store, int64_t id) {
+  auto r = run(store, "mire_projection_skip", texts_of(store).skip, {std::to_string(id)});
+  if (!r)
+    return r.error();
+  if (r->empty())
+    return error{errc::not_found, fmt::format("no parked dead letter with id {}", id)};
+  return {};
+}
+
+result<void> retry_dead_letter(event_store& store, int64_t id) {
+  auto r = run(store, "mire_projection_retry", texts_of(store).retry, {std::to_string(id)});
+  if (!r)
+    return r.error();
+  if (r->empty())
+    return error{errc::not_found, fmt::format("no parked dead letter with id {}", id)};
+  return {};
+}
+
+// --- projector -------------------------------------------------------------------------------
+
+struct projector::impl {
+  event_store store;
+  projection_definition def;
+  std::string resource;
+  const texts sql_texts;
+  const texts* sql = &sql_texts;
+  bool registered = false;
+  std::unique_ptr<pg::connection> listener;
+
+  impl(event_store s, projection_definition d)
+      : store(std::move(s)), def(std::move(d)), resource(projection_resource(def.name)),
+        sql_texts(store_access::schema(store)) {}
+
+  projection_context context(int32_t generation) const {
+    return projection_context{def.name, generation, def.schema};
+  }
+
+  // How a batch ended.
+  enum class outcome { committed, moved, poison, split };
+  struct batch_end {
+    outcome how = outcome::committed;
+    std::size_t poison_index = 0; // with outcome::poison: the event the handler refused
+    error poison;
+  };
+
+  // Opens a transaction holding the lease row (FOR SHARE), checked ours and live.
+  result<fenced_tx> begin_fenced(const lease& held) {
+    auto tx = store.begin();
+    if (!tx)
+      return tx.error();
+    fenced_tx f{std::move(*tx), nullptr};
+    f.conn = store_access::connection(f.tx);
+    const auto fence = std::to_string(held.fence_token);
+    auto r = f.q("mire_proj_lock_lease", sql->lock_lease, {resource, held.owner, fence});
+    if (!r)
+      return r.error();
+    if (r->empty()) {
+      f.tx.rollback();
+      return fenced(held);
+    }
+    return f;
+  }
+
+  result<void> commit(fenced_tx& f) {
+    auto c = f.tx.commit();
+    return c;
+  }
+
+  // Runs the handler on one event; exceptions are poison too.
+  result<void> handle(transaction& tx, const recorded_event& e, const projection_context& ctx) {
+    return handle_run(tx, std::span<const recorded_event>(&e, 1), ctx);
+  }
+
+  result<void> handle_run(transaction& tx, std::span<const recorded_event> run,
+                          const projection_context& ctx) {
+    try {
+      if (def.batch_handler)
+        return run.empty() ? result<void>{} : def.batch_handler(tx, run, ctx);
+      for (const auto& e : run)
+        if (auto ok = def.handler(tx, e, ctx); !ok)
+          return ok;
+      return {};
+    } catch (const std::exception& ex) {
+      return error{errc::internal, fmt::format("handler threw: {}", ex.what())};
+    }
+  }
+
+  // Points the readers' views at `ctx`'s tables (inside the caller's transaction).
+  result<void> create_views(fenced_tx& f, const projection_context& ctx) {
+    for (const auto& t : def.tables) {
+      auto r = f.ddl(fmt::format("DROP VIEW IF EXISTS {0}; CREATE VIEW {0} AS SELECT * FROM {1}",
+                                 ctx.view(t), ctx.table(t)));
+      if (!r)
+        return r.error();
+    }
+    return {};
+  }
+
+  // Sets generation `generation` up: its tables (setup) and its checkpoint row; with
+  // `go_live`, also the views (the first generation). Done at most once per generation.
+  result<void> set_up(const lease& held, int32_t generation, bool go_live) {
+    auto f = begin_fenced(held);
+    if (!f)
+      return f.error();
+    auto p = f->q("mire_proj_lock_projection", sql->lock_projection, {def.name});
+    if (!p)
+      return p.error();
+    const auto gen = std::to_string(generation);
+    const auto fence = std::to_string(held.fence_token);
+    auto ins = f->q("mire_proj_insert_generation", sql->insert_generation, {def.name, gen, fence});
+    if (!ins)
+      return ins.error();
+    if (ins->affected() == 1) { // else set up already (by a previous holder)
+      const auto ctx = context(generation);
+      if (auto made = f->ddl("CREATE SCHEMA IF NOT EXISTS " + pg::quote_ident(def.schema)); !made)
+        return made.error();
+      if (def.setup) {
+        result<void> made = [&]() -> result<void> {
+          try {
+            return def.setup(f->tx, ctx);
+          } catch (const std::exception& ex) {
+            return error{errc::internal, fmt::format("setup threw: {}", ex.what())};
+          }
+        }();
+        if (!made) {
+          f->tx.rollback();
+          auto e = std::move(made).error();
+          e.message = fmt::format("setting up generation {} of projection {}: {}", generation,
+                                  def.name, e.message);
+          return e;
+        }
+      }
+      if (go_live)
+        if (auto v = create_views(*f, ctx); !v)
+          return v;
+    }
+    if (!go_live)
+      if (auto c = f->q("mire_proj_clear_rebuild", sql->clear_rebuild, {def.name}); !c)
+        return c.error();
+    return commit(*f);
+  }
+
+  // Applies events[first, last) to `generation` in one fenced transaction that starts from
+  // checkpoint `after`; with `switch_from` > 0, also makes `generation` live in place of it.
+  result<batch_end> apply(const lease& held, int32_t generation, checkpoint after,
+                          const std::vector<recorded_event>& events, std::size_t first,
+                          std::size_t last, int32_t switch_from, const std::atomic<bool>* cancel) {
+    auto f = begin_fenced(held);
+    if (!f)
+      return f.error();
+    const auto gen = std::to_string(generation);
+    if (switch_from > 0) // rows in reset_projection's order: projection, then generation
+      if (auto p = f->q("mire_proj_lock_projection", sql->lock_projection, {def.name}); !p)
+        return p.error();
+    auto cp = f->q("mire_proj_lock_generation", sql->lock_generation, {def.name, gen});
+    if (!cp)
+      return cp.error();
+    if (cp->empty() || checkpoint{cp->uint64(0, 0), cp->int64(0, 1)} != after) {
+      f->tx.rollback();
+      return batch_end{outcome::moved, 0, {}};
+    }
+    const auto ctx = context(generation);
+    auto cancelled = [&]() -> result<batch_end> {
+      f->tx.rollback();
+      return error{errc::fenced_out, "the lease was lost: batch rolled back"};
+    };
+    if (def.batch_handler) {
+      if (cancel && cancel->load())
+        return cancelled();
+      const std::span<const recorded_event> run(events.data() + first, last - first);
+      if (auto ok = handle_run(f->tx, run, ctx); !ok) {
+        f->tx.rollback();
+        auto e = std::move(ok).error();
+        if (transient(e))
+          return e;
+        // Which event? Split the run until the refused one is alone.
+        return batch_end{last - first == 1 ? outcome::poison : outcome::split, first, std::move(e)};
+      }
+    } else {
+      for (std::size_t i = first; i < last; ++i) {
+        if (cancel && cancel->load())
+          return cancelled();
+        if (auto ok = handle(f->tx, events[i], ctx); !ok) {
+          f->tx.rollback();
+          auto e = std::move(ok).error();
+          if (transient(e))
+            return e;
+          return batch_end{outcome::poison, i, std::move(e)};
+        }
+      }
+    }
+    const checkpoint to = last > first ? events[last - 1].checkpoint() : after;
+    const auto fence = std::to_string(held.fence_token);
+    const std::vector<pg::param> params{resource,
+                                        held.owner,
+                                        fence,
+                                        def.name,
+                                        gen,
+                                        std::to_string(to.transaction_id),
+                                        std::to_string(to.position),
+                                        std::to_string(last - first),
+                                        last > first ? pg::param{events[last - 1].recorded_at}
+                                                     : pg::param{},
+                                        std::to_string(after.transaction_id),
+                                        std::to_string(after.position)};
+    auto g = f->q("mire_proj_guard", sql->guard, params);
+    if (!g)
+      return g.error();
+    if (g->affected() != 1) {
+      f->tx.rollback();
+      return fenced(held);
+    }
+    if (switch_from > 0) {
+      auto sw =
+          f->q("mire_proj_switch", sql->switch_live, {def.name, gen, std::to_string(switch_from)});
+      if (!sw)
+        return sw.error();
+      if (auto v = create_views(*f, ctx); !v)
+        return v.error();
+      const auto old = context(switch_from);
+      for (const auto& t : def.tables)
+        if (auto d = f->ddl(fmt::format("DROP TABLE IF EXISTS {}", old.table(t))); !d)
+          return d.error();
+      auto gone = f->q("mire_proj_drop_generation", sql->drop_generation,
+                       {def.name, std::to_string(switch_from)});
+      if (!gone)
+        return gone.error();
+    }
+    if (auto c = commit(*f); !c)
+      return c.error();
+    return batch_end{};
+  }
+
+  // The handler refused `e`: park it (and move past it) or stop the projection, fenced.
+  result<void> poison(const lease& held, int32_t generation, checkpoint after,
+                      const recorded_event& e, const error& why) {
+    const auto what = fmt::format("event {} ({} v{} {}, checkpoint {}) in generation {}: {}",
+                                  e.event_id, e.stream_id, e.version, e.type,
+                                  e.checkpoint().to_string(), generation, why.what());
+    auto f = begin_fenced(held);
+    if (!f)
+      return f.error();
+    if (def.on_poison == poison_policy::stop) {
+      if (auto s = f->q("mire_proj_stop", sql->stop, {def.name, what}); !s)
+        return s.error();
+      return commit(*f);
+    }
+    const auto gen = std::to_string(generation);
+    auto cp = f->q("mire_proj_lock_generation", sql->lock_generation, {def.name, gen});
+    if (!cp)
+      return cp.error();
+    if (cp->empty() || checkpoint{cp->uint64(0, 0), cp->int64(0, 1)} != after) {
+      f->tx.rollback();
+      return {}; // moved meanwhile (a reset): the next step reads from there
+    }
+    const auto tx = std::to_string(e.transaction_id);
+    const auto pos = std::to_string(e.global_position);
+    const auto version = std::to_string(e.version);
+    auto p = f->q("mire_proj_park", sql->park,
+                  {def.name, gen, tx, pos, e.event_id, e.stream_id, version, e.type, why.what()});
+    if (!p)
+      return p.error();
+    const auto fence = std::to_string(held.fence_token);
+    auto g = f->q("mire_proj_guard", sql->guard,
+                  {resource, held.owner, fence, def.name, gen, tx, pos, "0", e.recorded_at,
+                   std::to_string(after.transaction_id), std::to_string(after.position)});
+    if (!g)
+      return g.error();
+    if (g->affected() != 1) {
+      f->tx.rollback();
+      return fenced(held);
+    }
+    return commit(*f);
+  }
+
+  struct batch_progress {
+    std::size_t applied = 0, parked = 0;
+    bool full = false; // the page was full: more to read
+    bool stopped = false;
+    bool switched = false;
+    checkpoint position;
+  };
+
+  // Reads one page for `generation` after `after` and applies it: in one transaction when
+  // every event goes through; else the events before the refused one, then the refused one
+  // under the poison policy, then the rest.
+  result<batch_progress> batch(const lease& held, int32_t generation, checkpoint after,
+                               int32_t switch_from_if_caught_up, const std::atomic<bool>* cancel) {
+    batch_progress out;
+    out.position = after;
+    auto page = store.read_all(after, def.batch_size, def.filter);
+    if (!page)
+      return page.error();
+    const auto& events = page->events;
+    out.full = events.size() >= def.batch_size;
+    const int32_t switch_from = out.full ? 0 : switch_from_if_caught_up;
+    std::size_t first = 0, last = events.size();
+    while (first < events.size() || (switch_from > 0 && !out.switched)) {
+      // Switch only with the page's last event, once everything before it is applied.
+      const int32_t sw = last == events.size() ? switch_from : 0;
+      auto end = apply(held, generation, out.position, events, first, last, sw, cancel);
+      if (!end)
+        return end.error();
+      if (end->how == outcome::moved) {
+        out.full = true; // someone moved the checkpoint (reset): read again from there
+        return out;
+      }
+      if (end->how == outcome::committed) {
+        out.applied += last - first;
+        if (last > first)
+          out.position = events[last - 1].checkpoint();
+        out.switched = sw > 0;
+        first = last;
+        last = events.size();
+        if (out.switched)
+          break;
+        continue;
+      }
+      if (end->how == outcome::split) {
+        last = first + (last - first) / 2;
+        continue;
+      }
+      // Poison: commit what came before it first, then deal with it alone.
+      if (end->poison_index > first) {
+        last = end->poison_index;
+        continue;
+      }
+      const auto& bad = events[first];
+      if (auto p = poison(held, generation, out.position, bad, end->poison); !p)
+        return p.error();
+      if (def.on_poison == poison_policy::stop) {
+        out.stopped = true;
+        return out;
+      }
+      ++out.parked;
+      out.position = bad.checkpoint();
+      first += 1;
+      last = events.size();
+    }
+    return out;
+  }
+
+  // Runs the handler again for dead letters queued for retry.
+  result<std::size_t> retry_dead_letters(const lease& held,
+                                         const std::map<int32_t, checkpoint>& generations) {
+    auto r =
+        run(store, "mire_proj_retries", sql->retries, {def.name, std::to_string(retries_per_step)});
+    if (!r)
+      return r.error();
+    std::size_t done = 0;
+    const auto fence = std::to_string(held.fence_token);
+    for (int i = 0; i < r->size(); ++i) {
+      const auto e = detail::event_row(*r, i);
+      const auto id = r->str(i, 9);
+      const auto generation = static_cast<int32_t>(r->int64(i, 10));
+      if (!generations.contains(generation)) {
+        (void)run(store, "mire_proj_retry_failed", sql->retry_failed,
+                  {id, "its generation was retired"});
+        continue;
+      }
+      auto f = begin_fenced(held);
+      if (!f)
+        return f.error();
+      if (auto ok = handle(f->tx, e, context(generation)); !ok) {
+        f->tx.rollback();
+        if (transient(ok.error()))
+          return ok.error();
+        auto failed =
+            run(store, "mire_proj_retry_failed", sql->retry_failed, {id, ok.error().what()});
+        if (!failed)
+          return failed.error();
+        continue;
+      }
+      auto d = f->q("mire_proj_retry_done", sql->retry_done, {resource, held.owner, fence, id});
+      if (!d)
+        return d.error();
+      if (d->affected() != 1) {
+        f->tx.rollback();
+        return fenced(held);
+      }
+      if (auto c = commit(*f); !c)
+        return c.error();
+      ++done;
+    }
+    return done;
+  }
+
+  result<step_result> step(const lease& held, const std::atomic<bool>* cancel) {
+    if (held.resource != resource)
+      return bad_input(fmt::format("lease on '{}' does not cover projection {} (needs '{}')",
+                                   detail::printable(held.resource), def.name, resource));
+    step_result out;
+    if (!registered) {
+      auto r = run(store, "mire_proj_register", sql->register_projection,
+                   {def.name, def.filter.category, type_list(def.filter)});
+      if (!r)
+        return r.error();
+      registered = true;
+    }
+    auto head = run(store, "mire_proj_head", sql->head, {def.name});
+    if (!head)
+      return head.error();
+    if (head->empty()) {
+      registered = false; // deleted behind our back: register again next step
+      return out;
+    }
+    const bool stopped = head->text(0, 0) == "stopped";
+    const auto live = static_cast<int32_t>(head->int64(0, 1));
+    const bool rebuild_requested = head->text(0, 2) == "t";
+    const bool retries_queued = head->text(0, 3) == "t";
+    std::map<int32_t, checkpoint> generations;
+    for (int i = 0; i < head->size(); ++i)
+      if (!head->is_null(i, 4))
+        generations[static_cast<int32_t>(head->int64(i, 4))] = {head->uint64(i, 5),
+                                                                head->int64(i, 6)};
+    out.live_generation = live;
+    if (stopped) {
+      out.stopped = true;
+      out.caught_up = true;
+      if (auto it = generations.find(live); it != generations.end())
+        out.position = it->second;
+      return out;
+    }
+    if (!generations.contains(live)) {
+      if (auto s = set_up(held, live, true); !s)
+        return s.error();
+      generations[live] = checkpoint{};
+    }
+    const int32_t next = live + 1;
+    if (rebuild_requested && !generations.contains(next)) {
+      if (auto s = set_up(held, next, false); !s) {
+        if (transient(s.error()))
+          return s.error();
+        // A rebuild that cannot start must not hold the live generation up: drop the request
+        // and say why (status error; the state stays running).
+        (void)run(store, "mire_proj_rebuild_failed", sql->rebuild_failed,
+                  {def.name, s.error().what()});
+        return s.error();
+      }
+      generations[next] = checkpoint{};
+    } else if (rebuild_requested) { // one is running already
+      if (auto c = run(store, "mire_proj_clear_rebuild", sql->clear_rebuild, {def.name}); !c)
+        return c.error();
+    }
+    if (retries_queued) {
+      auto r = retry_dead_letters(held, generations);
+      if (!r)
+        return r.error();
+    }
+    auto main = batch(held, live, generations[live], 0, cancel);
+    if (!main)
+      return main.error();
+    out.applied = main->applied;
+    out.parked = main->parked;
+    out.position = main->position;
+    if (main->stopped) {
+      out.stopped = out.caught_up = true;
+      return out;
+    }
+    bool more = main->full;
+    if (generations.contains(next)) {
+      auto rebuilt = batch(held, next, generations[next], live, cancel);
+      if (!rebuilt)
+        return rebuilt.error();
+      out.rebuilt = rebuilt->applied;
+      out.parked += rebuilt->parked;
+      if (rebuilt->stopped) {
+        out.stopped = out.caught_up = true;
+        return out;
+      }
+      if (rebuilt->switched) {
+        out.switched = true;
+        out.live_generation = next;
+        out.position = rebuilt->position;
+      }
+      more = more || !rebuilt->switched;
+    }
+    out.caught_up = !more;
+    return out;
+  }
+
+  result<bool> wait(std::chrono::milliseconds timeout) {
+    const auto deadline = clock::now() + timeout;
+    if (!listener || !listener->healthy()) {
+      listener.reset();
+      const auto& o = store.options();
+      auto c = pg::connection::open(o.url, o.connect_timeout_seconds, o.application_name);
+      if (!c)
+        return c.error();
+      if (auto l = (*c)->exec("LISTEN mire_events"); !l)
+        return l.error();
+      // A server shutting down says so on this idle connection; the next wait reports it.
+      PQsetNoticeProcessor((*c)->raw(), [](void*, const char*) {}, nullptr);
+      listener = std::move(*c);
+      return true; // appends made while nobody listened woke no one: read again now
+    }
+    PGconn* raw = listener->raw();
+    const auto& schema = store.options().schema;
+    for (;;) {
+      bool woken = false;
+      while (PGnotify* n = PQnotifies(raw)) {
+        woken = woken || schema == n->extra;
+        PQfreemem(n);
+      }
+      if (woken)
+        return true;
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
+      if (left.count() <= 0)
+        return false;
+      pollfd p{PQsocket(raw), POLLIN, 0};
+      const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+      if (ready < 0 && errno != EINTR)
+        return error{errc::unavailable, "waiting for notifications failed"};
+      if (ready > 0 && PQconsumeInput(raw) == 0) {
+        listener.reset();
+        return error{errc::unavailable, "the notification connection broke"};
+      }
+    }
+  }
+};
+
+result<projector> projector::create(event_store store, projection_definition def) {
+  if (auto ok = check_name(def.name); !ok)
+    return ok.error();
+  if (!def.handler && !def.batch_handler)
+    return bad_input(fmt::format("projection {} has no handler", def.name));
+  if (def.batch_size == 0)
+    return bad_input(fmt::format("batch size of projection {} must be at least 1", def.name));
+  if (auto ok = detail::check_schema_name(def.schema); !ok)
+    return ok.error();
+  if (auto ok = detail::check_category(def.filter.category); !ok)
+    return ok.error();
+  for (const auto& t : def.tables)
+    if (!plain_identifier(t))
+      return bad_input(fmt::format("table '{}' of projection {} must be 1-{} characters of a-z, "
+                                   "0-9 and _, not starting with a digit",
+                                   detail::printable(t), def.name, max_identifier));
+  return projector{std::make_unique<impl>(std::move(store), std::move(def))};
+}
+
+projector::projector(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+projector::projector(projector&&) noexcept = default;
+projector& projector::operator=(projector&&) noexcept = default;
+projector::~projector() = default;
+
+const projection_definition& projector::definition() const {
+  return impl_->def;
+}
+
+result<step_result> projector::step(const lease& held, const std::atomic<bool>* cancel) {
+  return impl_->step(held, cancel);
+}
+
+result<bool> projector::wait(std::chrono::milliseconds timeout) {
+  return impl_->wait(timeout);
+}
+
+} // namespace mire
