@@ -202,26 +202,35 @@ int run_read(const context& ctx, const command_line& cl) {
   }
 }
 
-int run_read_all(const context& ctx, const command_line& cl) {
-  if (auto ok = expect_positionals(cl, {}); !ok)
-    return ctx.fail(ok.error());
-  auto after = checkpoint::start();
+result<log_read_options> log_read_options_of(const command_line& cl) {
+  log_read_options o;
   if (const auto* text = cl.value("after")) {
     auto c = checkpoint::parse(*text);
     if (!c)
-      return ctx.fail(c.error());
-    after = *c;
+      return c.error();
+    o.after = *c;
   }
-  std::optional<int64_t> limit;
   if (const auto* text = cl.value("limit")) {
     auto v = parse_positive("limit", *text);
     if (!v)
-      return ctx.fail(v.error());
-    limit = *v;
+      return v.error();
+    o.limit = *v;
   }
   auto category = category_option(cl);
   if (!category)
-    return ctx.fail(category.error());
+    return category.error();
+  o.category = std::move(*category);
+  return o;
+}
+
+int run_read_all(const context& ctx, const command_line& cl) {
+  if (auto ok = expect_positionals(cl, {}); !ok)
+    return ctx.fail(ok.error());
+  auto o = log_read_options_of(cl);
+  if (!o)
+    return ctx.fail(o.error());
+  auto after = o->after;
+  const auto limit = o->limit;
 
   auto store = ctx.open_store();
   if (!store)
@@ -229,7 +238,7 @@ int run_read_all(const context& ctx, const command_line& cl) {
   int64_t printed = 0;
   while (!limit || printed < *limit) {
     const auto want = limit ? std::min<std::size_t>(page_size, *limit - printed) : page_size;
-    auto page = store->read_all(after, want, *category);
+    auto page = store->read_all(after, want, o->category);
     if (!page)
       return ctx.fail(page.error());
     // A short page is not the end: events of transactions still in flight come later. Only an

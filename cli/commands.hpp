@@ -46,4 +46,13 @@ void print_event(const context& ctx, const recorded_event& e);
 /// The value of --category (empty when absent), checked: non-empty and without '-'.
 result<std::string> category_option(const command_line& cl);
 
+/// Where a reader of the global log starts and how much it prints: --after CHECKPOINT (default:
+/// the start), --limit N (default: no limit), --category CAT (default: every category).
+struct log_read_options {
+  checkpoint after = checkpoint::start();
+  std::optional<int64_t> limit;
+  std::string category;
+};
+result<log_read_options> log_read_options_of(const command_line& cl);
+
 } // namespace mire::cli

@@ -63,27 +63,15 @@ result<std::vector<std::string>> types_option(const command_line& cl) {
 int run_tail(const context& ctx, const command_line& cl) {
   if (auto ok = expect_positionals(cl, {}); !ok)
     return ctx.fail(ok.error());
-  auto after = checkpoint::start();
-  if (const auto* text = cl.value("after")) {
-    auto c = checkpoint::parse(*text);
-    if (!c)
-      return ctx.fail(c.error());
-    after = *c;
-  }
-  std::optional<int64_t> limit;
-  if (const auto* text = cl.value("limit")) {
-    auto v = parse_positive("limit", *text);
-    if (!v)
-      return ctx.fail(v.error());
-    limit = *v;
-  }
-  auto category = category_option(cl);
-  if (!category)
-    return ctx.fail(category.error());
+  auto o = log_read_options_of(cl);
+  if (!o)
+    return ctx.fail(o.error());
+  auto after = o->after;
+  const auto limit = o->limit;
   auto types = types_option(cl);
   if (!types)
     return ctx.fail(types.error());
-  const log_filter filter{.category = *category, .types = *types};
+  const log_filter filter{.category = o->category, .types = *types};
 
   auto store = ctx.open_store();
   if (!store)
