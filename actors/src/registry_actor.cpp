@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <random>
 #include <deque>
 #include <exception>
 #include <set>
@@ -35,6 +36,7 @@ using reply_atom = caf::atom_constant<caf::atom("reply")>;
 using idle_atom = caf::atom_constant<caf::atom("idle")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using watchdog_atom = caf::atom_constant<caf::atom("watchdog")>;
+using retry_atom = caf::atom_constant<caf::atom("retry")>;
 using clock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------------------------------------
@@ -65,6 +67,8 @@ struct aggregate_state {
   clock::time_point call_due;    ///< when the call in flight is overdue
   std::function<void(caf::error)> on_overdue;
   bool watchdog = false; ///< one store-call timer at a time
+  std::function<void()> retry; ///< a conflicted command waiting out its backoff
+  std::minstd_rand rng{std::random_device{}()};
   static inline const char* name = "mire.aggregate";
 };
 
@@ -200,6 +204,32 @@ void maybe_snapshot(aggregate_self self, int64_t before) {
 
 void run(aggregate_self self, job j, int retries);
 
+// After a conflict: catch up and decide again. The first retry goes at once; later ones wait a
+// random while (up to 1, 2, 4, 8 ms), so that two replicas fighting over one hot aggregate stop
+// colliding in lockstep.
+void retry_later(aggregate_self self, job j, int retries) {
+  auto again = [self, j, retries] {
+    catch_up(self, [self, j, retries](result<void> r) {
+      if (!r) {
+        fail(self, j, r.error());
+        finish(self);
+        return;
+      }
+      run(self, j, retries + 1);
+    });
+  };
+  if (retries == 0) {
+    again();
+    return;
+  }
+  auto& st = self->state;
+  const int cap_us = 1000 << std::min(retries - 1, 3);
+  st.retry = std::move(again);
+  self->delayed_send(self, std::chrono::microseconds(std::uniform_int_distribution<int>(
+                               cap_us / 4, cap_us)(st.rng)),
+                     retry_atom::value);
+}
+
 // A refusal or a no-op involves no append, so no conflict would reveal that another writer had
 // moved the stream on since this actor last looked: look before answering, and decide again
 // when something new is there. A refusal is then never based on an outdated state.
@@ -258,14 +288,7 @@ void run(aggregate_self self, job j, int retries) {
             auto err = from_caf(e);
             if (err.code == errc::version_conflict &&
                 retries < self->state.type->options.max_retries) {
-              catch_up(self, [self, j, retries](result<void> r) {
-                if (!r) {
-                  fail(self, j, r.error());
-                  finish(self);
-                  return;
-                }
-                run(self, j, retries + 1);
-              });
+              retry_later(self, std::move(j), retries);
               return;
             }
             if (err.code == errc::timeout)
@@ -344,6 +367,12 @@ caf::behavior aggregate_actor(aggregate_self self, std::shared_ptr<const aggrega
         enqueue(self, job{token, false, {}, std::move(slot)});
       },
       [self](watchdog_atom) { on_watchdog(self); },
+      [self](retry_atom) {
+        if (auto again = std::move(self->state.retry)) {
+          self->state.retry = nullptr;
+          again();
+        }
+      },
       // Idle for passivate_after: ask the registry to let us go. Only the registry knows
       // whether a command is on its way, so it decides (and answers with stop).
       [self](idle_atom) {
