@@ -41,7 +41,7 @@ UPDATE {s}.leases SET expires_at = '-infinity'
 WHERE resource = $1 AND owner = $2 AND fence_token = $3)sql";
 
 constexpr std::string_view list_sql = R"sql(
-SELECT resource, coalesce(owner, ''), fence_token, expires_at > now(), expires_at,
+SELECT resource, coalesce(owner, ''), fence_token, expires_at > now(), expires_at::text,
        coalesce(acquired_at::text, '')
 FROM {s}.leases ORDER BY resource)sql";
 
@@ -136,8 +136,8 @@ result<std::vector<lease_info>> list_leases(event_store& store) {
     return r.error();
   std::vector<lease_info> out;
   for (int i = 0; i < r->size(); ++i)
-    out.push_back({r->str(i, 0), r->str(i, 1), r->int64(i, 2), r->text(i, 3) == "t", r->str(i, 4),
-                   r->str(i, 5)});
+    out.push_back({r->str(i, 0), r->str(i, 1), r->int64(i, 2), r->text(i, 3) == "t",
+                   detail::iso_time(r->text(i, 4)), detail::iso_time(r->text(i, 5))});
   return out;
 }
 

@@ -2,15 +2,15 @@
 // policies, dead letters, and rebuilds into a new generation switched live in one transaction.
 #include "mire/store/projection.hpp"
 
-#include <poll.h>
-
-#include <cerrno>
-
 #include <algorithm>
+#include <future>
 #include <map>
 #include <optional>
+#include <utility>
 
 #include <fmt/format.h>
+
+#include "mire/store/listener.hpp"
 
 #include "access.hpp"
 #include "pg.hpp"
@@ -22,7 +22,6 @@ namespace mire {
 namespace {
 
 using detail::store_access;
-using clock = std::chrono::steady_clock;
 
 constexpr std::size_t max_identifier = 50; // leaves room for "_g<generation>" within 63
 constexpr int retries_per_step = 100;
@@ -55,7 +54,7 @@ error fenced(const lease& held) {
 
 // Statement texts for one schema.
 struct texts {
-  std::string register_projection, head, rebuild_failed, lock_lease, lock_generation,
+  std::string register_projection, head, rebuild_failed, lock_lease, lock_generation, claim,
       lock_projection, guard, insert_generation, clear_rebuild, switch_live, drop_generation, park,
       stop, retries, retry_done, retry_failed, status, request_rebuild, reset, resume, dead_letters,
       skip, retry;
@@ -89,10 +88,24 @@ FOR SHARE)sql");
     lock_generation = s(R"sql(
 SELECT transaction_id, position FROM {s}.projection_generations
 WHERE name = $1 AND generation = $2 FOR UPDATE)sql");
+    // lock_lease and lock_generation in one round trip: a batch's first statement. Both rows
+    // are locked once the join has found them, in the order of the locking clauses. No row:
+    // the lease is not ours, or the generation is gone (lock_lease tells which).
+    claim = s(R"sql(
+SELECT set_config('idle_in_transaction_session_timeout',
+         greatest(250, extract(epoch FROM l.expires_at - clock_timestamp()) * 1000)::bigint::text,
+         true),
+       g.transaction_id, g.position
+FROM {s}.leases l, {s}.projection_generations g
+WHERE l.resource = $1 AND l.owner = $2 AND l.fence_token = $3 AND l.expires_at > clock_timestamp()
+  AND g.name = $4 AND g.generation = $5
+FOR SHARE OF l FOR UPDATE OF g)sql");
     lock_projection = s(R"sql(
 SELECT live_generation, rebuild_requested FROM {s}.projections WHERE name = $1 FOR UPDATE)sql");
     // Rule 4: the checkpoint moves only from where the batch started, only while the lease row
-    // still carries our owner and fence unexpired. Zero rows: roll everything back.
+    // still carries our owner and fence unexpired. Zero rows: roll everything back. It returns
+    // whether the projection is plainly running its live generation (no stop, rebuild or
+    // retry asked for), as of this batch: then the next step need not read the head again.
     guard = s(R"sql(
 UPDATE {s}.projection_generations g
 SET transaction_id = $6::xid8, position = $7::bigint, fence_token = $3::bigint,
@@ -102,7 +115,14 @@ WHERE g.name = $4 AND g.generation = $5::int
   AND g.transaction_id = $10::xid8 AND g.position = $11::bigint
   AND EXISTS (SELECT 1 FROM {s}.leases l
               WHERE l.resource = $1 AND l.owner = $2 AND l.fence_token = $3::bigint
-                AND l.expires_at > clock_timestamp()))sql");
+                AND l.expires_at > clock_timestamp())
+RETURNING (SELECT p.state = 'running' AND NOT p.rebuild_requested
+                  AND p.live_generation = g.generation
+                  AND NOT EXISTS (SELECT 1 FROM {s}.projection_generations x
+                                  WHERE x.name = p.name AND x.generation <> g.generation)
+                  AND NOT EXISTS (SELECT 1 FROM {s}.projection_dead_letters d
+                                  WHERE d.projection = p.name AND d.status = 'retry')
+           FROM {s}.projections p WHERE p.name = g.name))sql");
     insert_generation = s(R"sql(
 INSERT INTO {s}.projection_generations (name, generation, fence_token) VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING)sql");
@@ -166,8 +186,13 @@ LEFT JOIN LATERAL (
     AND (cardinality(p.event_types) = 0 OR e.event_type = ANY(p.event_types))) rlag ON true
 WHERE $1 = '' OR p.name = $1
 ORDER BY p.name)sql");
-    request_rebuild = s("UPDATE {s}.projections SET rebuild_requested = true, updated_at = now() "
-                        "WHERE name = $1 RETURNING name");
+    // A stopped projection keeps its request flag as it is: the caller is told to resume or
+    // reset it first (a request it could not act on would start unseen, much later).
+    request_rebuild = s(R"sql(
+UPDATE {s}.projections
+SET rebuild_requested = rebuild_requested OR state = 'running',
+    updated_at = CASE WHEN state = 'running' THEN now() ELSE updated_at END
+WHERE name = $1 RETURNING state, coalesce(error, ''))sql");
     reset = s(R"sql(
 WITH p AS (UPDATE {s}.projections SET state = 'running', error = NULL, updated_at = now()
            WHERE name = $1 RETURNING name, live_generation)
@@ -177,10 +202,13 @@ FROM p WHERE g.name = p.name AND g.generation = p.live_generation
 RETURNING g.name)sql");
     resume = s("UPDATE {s}.projections SET state = 'running', error = NULL, updated_at = now() "
                "WHERE name = $1 RETURNING name");
+    // No row: no such projection; one row of NULLs: a projection without dead letters.
     dead_letters = s(R"sql(
-SELECT id, projection, generation, transaction_id, position, event_id, stream_id, version,
-       event_type, error, status, to_char(parked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-FROM {s}.projection_dead_letters WHERE projection = $1 ORDER BY id)sql");
+SELECT d.id, d.projection, d.generation, d.transaction_id, d.position, d.event_id, d.stream_id,
+       d.version, d.event_type, d.error, d.status,
+       to_char(d.parked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+FROM {s}.projections p LEFT JOIN {s}.projection_dead_letters d ON d.projection = p.name
+WHERE p.name = $1 ORDER BY d.id)sql");
     skip = s("UPDATE {s}.projection_dead_letters SET status = 'skipped', updated_at = now() "
              "WHERE id = $1 AND status IN ('parked', 'retry') RETURNING id");
     retry = s("UPDATE {s}.projection_dead_letters SET status = 'retry', updated_at = now() "
@@ -315,6 +343,13 @@ result<void> request_rebuild(event_store& store, std::string_view name) {
     return r.error();
   if (r->empty())
     return no_projection(name);
+  if (const auto state = r->text(0, 0); state != "running") {
+    const auto why = r->text(0, 1);
+    return bad_input(fmt::format(
+        "projection {} is {}{}: resume or reset it before asking for a rebuild ('mire projection "
+        "resume {}' or 'mire projection reset {} --to CHECKPOINT')",
+        name, state, why.empty() ? "" : fmt::format(" ({})", why), name, name));
+  }
   return {};
 }
 
@@ -350,8 +385,10 @@ result<std::vector<dead_letter>> dead_letters(event_store& store, std::string_vi
   auto r = run(store, "mire_projection_dead_letters", texts_of(store).dead_letters, {name});
   if (!r)
     return r.error();
+  if (r->empty())
+    return no_projection(name);
   std::vector<dead_letter> out;
-  for (int i = 0; i < r->size(); ++i)
+  for (int i = 0; i < r->size() && !r->is_null(i, 0); ++i)
     out.push_back(dead_letter{r->int64(i, 0), r->str(i, 1), static_cast<int32_t>(r->int64(i, 2)),
                               checkpoint{r->uint64(i, 3), r->int64(i, 4)}, r->str(i, 5),
                               r->str(i, 6), r->int64(i, 7), r->str(i, 8), r->str(i, 9),
@@ -386,7 +423,28 @@ struct projector::impl {
   const texts sql_texts;
   const texts* sql = &sql_texts;
   bool registered = false;
-  std::unique_ptr<pg::connection> listener;
+  std::optional<log_listener> listener; // made by the first wait()
+
+  // The live generation's head as the last batch's guard saw it, when nothing but catching up
+  // was asked for (running, no rebuild, no retries) and that batch was full: the next step
+  // goes on from there without reading the head. Anything else (a reset moving the checkpoint
+  // included: the batch's claim sees it) sends the step after back to the head.
+  struct steady_head {
+    int32_t live = 0;
+    checkpoint position;
+  };
+  std::optional<steady_head> steady;
+
+  // The page after a full one, read on another connection while that one's transaction runs
+  // (catch-up is then bound by reading, not by reading plus committing). Used only when its
+  // batch starts where it was read from; any page read once is still a correct page: its
+  // events are below the horizon of its read (rule 3).
+  struct read_ahead {
+    int32_t generation = 0;
+    checkpoint after;
+    std::future<result<log_page>> page;
+  };
+  std::optional<read_ahead> ahead;
 
   impl(event_store s, projection_definition d)
       : store(std::move(s)), def(std::move(d)), resource(projection_resource(def.name)),
@@ -399,9 +457,13 @@ struct projector::impl {
   // How a batch ended.
   enum class outcome { committed, moved, poison, split };
   struct batch_end {
-    outcome how = outcome::committed;
-    std::size_t poison_index = 0; // with outcome::poison: the event the handler refused
+    batch_end(outcome h = outcome::committed, std::size_t i = 0, error e = {})
+        : how(h), poison_index(i), poison(std::move(e)) {}
+    outcome how;
+    std::size_t poison_index; // with outcome::poison: the event the handler refused
     error poison;
+    bool steady = false; // committed, and the guard saw nothing asked of the projection
+    std::optional<checkpoint> moved_to; // with outcome::moved: where the checkpoint is now
   };
 
   // Opens a transaction holding the lease row (FOR SHARE), checked ours and live.
@@ -501,36 +563,80 @@ struct projector::impl {
     return commit(*f);
   }
 
+  // Opens a batch's transaction on `generation` (a string): the lease row held FOR SHARE (ours
+  // and live) and the generation's checkpoint row FOR UPDATE, which serialises with
+  // reset_projection; returns the checkpoint the batch starts from. nullopt when the
+  // generation is gone. Rows are locked in reset_projection's order (projection, then
+  // generation): with `lock_projection`, the projection row too, before the generation's.
+  result<std::optional<std::pair<fenced_tx, checkpoint>>>
+  open_batch(const lease& held, const std::string& gen, bool lock_projection) {
+    using opened = std::optional<std::pair<fenced_tx, checkpoint>>;
+    const auto fence = std::to_string(held.fence_token);
+    if (lock_projection) { // rare (a rebuild going live): as many statements as it takes
+      auto f = begin_fenced(held);
+      if (!f)
+        return f.error();
+      if (auto p = f->q("mire_proj_lock_projection", sql->lock_projection, {def.name}); !p)
+        return p.error();
+      auto cp = f->q("mire_proj_lock_generation", sql->lock_generation, {def.name, gen});
+      if (!cp)
+        return cp.error();
+      if (cp->empty())
+        return opened{};
+      const checkpoint at{cp->uint64(0, 0), cp->int64(0, 1)};
+      return opened{std::pair{std::move(*f), at}};
+    }
+    auto tx = store.begin();
+    if (!tx)
+      return tx.error();
+    fenced_tx f{std::move(*tx), nullptr};
+    f.conn = store_access::connection(f.tx);
+    auto r = f.q("mire_proj_claim", sql->claim, {resource, held.owner, fence, def.name, gen});
+    if (!r)
+      return r.error();
+    if (!r->empty()) {
+      const checkpoint at{r->uint64(0, 1), r->int64(0, 2)};
+      return opened{std::pair{std::move(f), at}};
+    }
+    // Not ours any more, or the generation is gone (retired by a switch, or deleted)?
+    auto l = f.q("mire_proj_lock_lease", sql->lock_lease, {resource, held.owner, fence});
+    if (!l)
+      return l.error();
+    f.tx.rollback();
+    if (l->empty())
+      return fenced(held);
+    return opened{};
+  }
+
   // Applies events[first, last) to `generation` in one fenced transaction that starts from
   // checkpoint `after`; with `switch_from` > 0, also makes `generation` live in place of it.
   result<batch_end> apply(const lease& held, int32_t generation, checkpoint after,
                           const std::vector<recorded_event>& events, std::size_t first,
                           std::size_t last, int32_t switch_from, const std::atomic<bool>* cancel) {
-    auto f = begin_fenced(held);
-    if (!f)
-      return f.error();
     const auto gen = std::to_string(generation);
-    if (switch_from > 0) // rows in reset_projection's order: projection, then generation
-      if (auto p = f->q("mire_proj_lock_projection", sql->lock_projection, {def.name}); !p)
-        return p.error();
-    auto cp = f->q("mire_proj_lock_generation", sql->lock_generation, {def.name, gen});
-    if (!cp)
-      return cp.error();
-    if (cp->empty() || checkpoint{cp->uint64(0, 0), cp->int64(0, 1)} != after) {
-      f->tx.rollback();
-      return batch_end{outcome::moved, 0, {}};
+    auto opened = open_batch(held, gen, switch_from > 0);
+    if (!opened)
+      return opened.error();
+    if (!*opened || (*opened)->second != after) {
+      batch_end moved{outcome::moved};
+      if (*opened) {
+        (*opened)->first.tx.rollback();
+        moved.moved_to = (*opened)->second;
+      }
+      return moved;
     }
+    fenced_tx& f = (*opened)->first;
     const auto ctx = context(generation);
     auto cancelled = [&]() -> result<batch_end> {
-      f->tx.rollback();
+      f.tx.rollback();
       return error{errc::fenced_out, "the lease was lost: batch rolled back"};
     };
     if (def.batch_handler) {
       if (cancel && cancel->load())
         return cancelled();
       const std::span<const recorded_event> run(events.data() + first, last - first);
-      if (auto ok = handle_run(f->tx, run, ctx); !ok) {
-        f->tx.rollback();
+      if (auto ok = handle_run(f.tx, run, ctx); !ok) {
+        f.tx.rollback();
         auto e = std::move(ok).error();
         if (transient(e))
           return e;
@@ -541,8 +647,8 @@ struct projector::impl {
       for (std::size_t i = first; i < last; ++i) {
         if (cancel && cancel->load())
           return cancelled();
-        if (auto ok = handle(f->tx, events[i], ctx); !ok) {
-          f->tx.rollback();
+        if (auto ok = handle(f.tx, events[i], ctx); !ok) {
+          f.tx.rollback();
           auto e = std::move(ok).error();
           if (transient(e))
             return e;
@@ -564,32 +670,35 @@ struct projector::impl {
                                                      : pg::param{},
                                         std::to_string(after.transaction_id),
                                         std::to_string(after.position)};
-    auto g = f->q("mire_proj_guard", sql->guard, params);
+    auto g = f.q("mire_proj_guard", sql->guard, params);
     if (!g)
       return g.error();
     if (g->affected() != 1) {
-      f->tx.rollback();
+      f.tx.rollback();
       return fenced(held);
     }
+    const bool steady = g->text(0, 0) == "t";
     if (switch_from > 0) {
       auto sw =
-          f->q("mire_proj_switch", sql->switch_live, {def.name, gen, std::to_string(switch_from)});
+          f.q("mire_proj_switch", sql->switch_live, {def.name, gen, std::to_string(switch_from)});
       if (!sw)
         return sw.error();
-      if (auto v = create_views(*f, ctx); !v)
+      if (auto v = create_views(f, ctx); !v)
         return v.error();
       const auto old = context(switch_from);
       for (const auto& t : def.tables)
-        if (auto d = f->ddl(fmt::format("DROP TABLE IF EXISTS {}", old.table(t))); !d)
+        if (auto d = f.ddl(fmt::format("DROP TABLE IF EXISTS {}", old.table(t))); !d)
           return d.error();
-      auto gone = f->q("mire_proj_drop_generation", sql->drop_generation,
-                       {def.name, std::to_string(switch_from)});
+      auto gone = f.q("mire_proj_drop_generation", sql->drop_generation,
+                      {def.name, std::to_string(switch_from)});
       if (!gone)
         return gone.error();
     }
-    if (auto c = commit(*f); !c)
+    if (auto c = commit(f); !c)
       return c.error();
-    return batch_end{};
+    batch_end done;
+    done.steady = steady && switch_from == 0;
+    return done;
   }
 
   // The handler refused `e`: park it (and move past it) or stop the projection, fenced.
@@ -639,21 +748,51 @@ struct projector::impl {
     bool full = false; // the page was full: more to read
     bool stopped = false;
     bool switched = false;
+    bool steady = false; // one clean commit of a full page, and nothing else asked for
     checkpoint position;
   };
 
+  // Waits for the page read ahead, if any; it is dropped (a stale start, or not full: what
+  // came after it is read again now).
+  std::optional<log_page> take_ahead(int32_t generation, checkpoint after) {
+    if (!ahead)
+      return std::nullopt;
+    auto a = std::move(*ahead);
+    ahead.reset();
+    auto page = a.page.get();
+    if (a.generation != generation || a.after != after || !page ||
+        page->events.size() < def.batch_size)
+      return std::nullopt;
+    return std::move(*page);
+  }
+
+  // Starts reading the page after `after` on another of the store's connections.
+  void read_ahead_from(int32_t generation, checkpoint after) {
+    ahead.emplace(read_ahead{generation, after,
+                             std::async(std::launch::async, [s = store, after, n = def.batch_size,
+                                                             filter = def.filter]() mutable {
+                               return s.read_all(after, n, filter);
+                             })});
+  }
+
   // Reads one page for `generation` after `after` and applies it: in one transaction when
   // every event goes through; else the events before the refused one, then the refused one
-  // under the poison policy, then the rest.
+  // under the poison policy, then the rest. With `ahead_ok`, a full page has the next one read
+  // while it is applied.
   result<batch_progress> batch(const lease& held, int32_t generation, checkpoint after,
-                               int32_t switch_from_if_caught_up, const std::atomic<bool>* cancel) {
+                               int32_t switch_from_if_caught_up, const std::atomic<bool>* cancel,
+                               bool ahead_ok = false) {
     batch_progress out;
     out.position = after;
-    auto page = store.read_all(after, def.batch_size, def.filter);
+    auto ready = take_ahead(generation, after);
+    auto page = ready ? result<log_page>{std::move(*ready)}
+                      : store.read_all(after, def.batch_size, def.filter);
     if (!page)
       return page.error();
     const auto& events = page->events;
     out.full = events.size() >= def.batch_size;
+    if (out.full && ahead_ok)
+      read_ahead_from(generation, page->next);
     const int32_t switch_from = out.full ? 0 : switch_from_if_caught_up;
     std::size_t first = 0, last = events.size();
     while (first < events.size() || (switch_from > 0 && !out.switched)) {
@@ -664,9 +803,11 @@ struct projector::impl {
         return end.error();
       if (end->how == outcome::moved) {
         out.full = true; // someone moved the checkpoint (reset): read again from there
+        out.position = end->moved_to.value_or(out.position);
         return out;
       }
       if (end->how == outcome::committed) {
+        out.steady = end->steady && first == 0 && last == events.size() && out.full;
         out.applied += last - first;
         if (last > first)
           out.position = events[last - 1].checkpoint();
@@ -751,6 +892,21 @@ struct projector::impl {
       return bad_input(fmt::format("lease on '{}' does not cover projection {} (needs '{}')",
                                    detail::printable(held.resource), def.name, resource));
     step_result out;
+    if (auto at = std::exchange(steady, std::nullopt)) {
+      // Straight on from the last batch: nothing was asked of the projection as of its guard.
+      auto main = batch(held, at->live, at->position, 0, cancel, true);
+      if (!main)
+        return main.error();
+      out.applied = main->applied;
+      out.parked = main->parked;
+      out.position = main->position;
+      out.live_generation = at->live;
+      out.stopped = main->stopped;
+      out.caught_up = main->stopped || !main->full;
+      if (main->steady)
+        steady = steady_head{at->live, main->position};
+      return out;
+    }
     if (!registered) {
       auto r = run(store, "mire_proj_register", sql->register_projection,
                    {def.name, def.filter.category, type_list(def.filter)});
@@ -808,9 +964,12 @@ struct projector::impl {
       if (!r)
         return r.error();
     }
-    auto main = batch(held, live, generations[live], 0, cancel);
+    const bool rebuilding = generations.contains(next);
+    auto main = batch(held, live, generations[live], 0, cancel, !rebuilding);
     if (!main)
       return main.error();
+    if (main->steady && !rebuilding)
+      steady = steady_head{live, main->position};
     out.applied = main->applied;
     out.parked = main->parked;
     out.position = main->position;
@@ -841,43 +1000,9 @@ struct projector::impl {
   }
 
   result<bool> wait(std::chrono::milliseconds timeout) {
-    const auto deadline = clock::now() + timeout;
-    if (!listener || !listener->healthy()) {
-      listener.reset();
-      const auto& o = store.options();
-      auto c = pg::connection::open(o.url, o.connect_timeout_seconds, o.application_name);
-      if (!c)
-        return c.error();
-      if (auto l = (*c)->exec("LISTEN mire_events"); !l)
-        return l.error();
-      // A server shutting down says so on this idle connection; the next wait reports it.
-      PQsetNoticeProcessor((*c)->raw(), [](void*, const char*) {}, nullptr);
-      listener = std::move(*c);
-      return true; // appends made while nobody listened woke no one: read again now
-    }
-    PGconn* raw = listener->raw();
-    const auto& schema = store.options().schema;
-    for (;;) {
-      bool woken = false;
-      while (PGnotify* n = PQnotifies(raw)) {
-        woken = woken || schema == n->extra;
-        PQfreemem(n);
-      }
-      if (woken)
-        return true;
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
-      if (left.count() <= 0)
-        return false;
-      pollfd p{PQsocket(raw), POLLIN, 0};
-      const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
-      if (ready < 0 && errno != EINTR)
-        return error{errc::unavailable, "waiting for notifications failed"};
-      if (ready > 0 && PQconsumeInput(raw) == 0) {
-        listener.reset();
-        return error{errc::unavailable, "the notification connection broke"};
-      }
-    }
+    if (!listener)
+      listener.emplace(store);
+    return listener->wait(timeout);
   }
 };
 

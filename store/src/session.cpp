@@ -110,8 +110,6 @@ std::string text_array(const std::vector<std::string_view>& values) {
   return out;
 }
 
-namespace {
-
 // "2026-11-26 07:05:41.123456+00" (ISO DateStyle, UTC) -> "2026-11-26T07:05:41.123456Z".
 std::string iso_time(std::string_view pg_time) {
   std::string out(pg_time);
@@ -121,6 +119,8 @@ std::string iso_time(std::string_view pg_time) {
     out.replace(out.size() - 3, 3, "Z");
   return out;
 }
+
+namespace {
 
 // Reads the columns of `event_columns` starting at column `c`.
 recorded_event to_event(const pg::rows& r, int row, int c, std::string stream_id) {

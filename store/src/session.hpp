@@ -64,6 +64,10 @@ result<std::vector<result<append_result>>> append_group(pg::connection& conn,
                                                        std::vector<stream_append>& group,
                                                        const store_options& options);
 
+/// A timestamptz as the session prints it (ISO DateStyle, UTC: "2026-11-26 07:05:41.12+00") in
+/// ISO 8601 ("2026-11-26T07:05:41.12Z"); other text ("-infinity") is kept as it is.
+std::string iso_time(std::string_view pg_time);
+
 /// A value for an error message: control bytes and invalid UTF-8 escaped, long values cut.
 std::string printable(std::string_view value);
 

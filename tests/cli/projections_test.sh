@@ -266,6 +266,11 @@ run --json projection reset halt --to "$poison_cp"
 run projection rebuild halt --timeout 60s
 expect_rc 1 "rebuild of a projection that stops on the way"
 expect_in "$err" "halt is stopped" "rebuild of a projection that stops on the way"
+# Stopped, it refuses another rebuild (it could not start one) and says what to do first.
+run projection rebuild halt --no-wait
+expect_rc 2 "rebuild of a stopped projection"
+expect_in "$err" "halt is stopped" "rebuild of a stopped projection"
+expect_in "$err" "resume or reset it" "rebuild of a stopped projection"
 
 echo "== rebuild: follows to the switch; the read model is complete"
 run projection rebuild tally --timeout 60s

@@ -130,6 +130,19 @@ std::size_t run_until_caught_up(mire::projector& p, const mire::lease& held) {
   return applied;
 }
 
+// Steps `n` times over full pages (batches of 10); returns where each step ended.
+std::vector<mire::checkpoint> steps(mire::projector& p, const mire::lease& held, int n) {
+  std::vector<mire::checkpoint> out;
+  for (int i = 0; i < n; ++i) {
+    auto r = p.step(held);
+    REQUIRE_MESSAGE(r, r.error().what());
+    REQUIRE(r->applied == 10);
+    REQUIRE_FALSE(r->caught_up);
+    out.push_back(r->position);
+  }
+  return out;
+}
+
 void append_deposits(mire::event_store& store, int accounts, int each) {
   for (int a = 0; a < accounts; ++a)
     for (int i = 0; i < each; ++i)
@@ -576,6 +589,136 @@ TEST_SUITE("pg") {
     CHECK(r.error().code == errc::fenced_out);
     CHECK(view(store).empty());
     CHECK(mire::projection_status_of(store, "balances")->events_applied == 0);
+  }
+
+  // --- catching up over full pages (no head read between them, the next page read ahead) -----
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a reset while a projector catches up over full pages is seen by its next "
+                    "batch") {
+    append_deposits(store, 4, 25);
+    auto p = make_projector(store, balances_projection({}, 10));
+    auto held = must_acquire(store, mire::projection_resource("balances"), "r1");
+    const auto at = steps(p, held, 3);
+    REQUIRE(mire::reset_projection(store, "balances", at[0]));
+    // The batch read ahead from at[2] does not apply; the one after goes on from at[0].
+    std::size_t applied = 0;
+    int tries = 0;
+    mire::checkpoint now;
+    while (applied == 0 && tries < 3) {
+      auto r = p.step(held);
+      REQUIRE_MESSAGE(r, r.error().what());
+      applied = r->applied;
+      now = r->position;
+      ++tries;
+    }
+    CHECK(tries == 2);
+    CHECK(applied == 10);
+    CHECK(now == at[1]);
+    CHECK(mire::projection_status_of(store, "balances")->position == at[1]);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a rebuild asked for while a projector catches up over full pages starts "
+                    "within a step") {
+    append_deposits(store, 4, 25);
+    auto p = make_projector(store, balances_projection({}, 10));
+    auto held = must_acquire(store, mire::projection_resource("balances"), "r1");
+    steps(p, held, 3);
+    REQUIRE(mire::request_rebuild(store, "balances"));
+    std::size_t rebuilt = 0;
+    int tries = 0;
+    while (rebuilt == 0 && tries < 3) {
+      auto r = p.step(held);
+      REQUIRE_MESSAGE(r, r.error().what());
+      rebuilt = r->rebuilt;
+      ++tries;
+    }
+    CHECK(tries <= 2);
+    CHECK(rebuilt == 10);
+    CHECK(mire::projection_status_of(store, "balances")->rebuild_generation == 2);
+    bool switched = false;
+    for (int i = 0; i < 100 && !switched; ++i) {
+      auto r = p.step(held);
+      REQUIRE_MESSAGE(r, r.error().what());
+      switched = r->switched;
+    }
+    REQUIRE(switched);
+    run_until_caught_up(p, held);
+    CHECK(view(store) == fold(store));
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a projector catching up over full pages commits nothing under a lost lease") {
+    append_deposits(store, 4, 25);
+    auto p = make_projector(store, balances_projection({}, 10));
+    auto old = must_acquire(store, mire::projection_resource("balances"), "r1");
+    const auto at = steps(p, old, 2);
+    expire(store, old.resource);
+    auto next = must_acquire(store, old.resource, "r2");
+    auto r = p.step(old);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == errc::fenced_out);
+    CHECK(mire::projection_status_of(store, "balances")->position == at[1]);
+    // Under the new lease it goes on from where the checkpoint is.
+    CHECK(run_until_caught_up(p, next) == 80);
+    CHECK(view(store) == fold(store));
+  }
+
+  // --- operator calls --------------------------------------------------------------------------
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture, "lease times read as ISO 8601 UTC") {
+    auto a = must_acquire(store, "r", "alice");
+    auto all = mire::list_leases(store);
+    REQUIRE(all);
+    REQUIRE(all->size() == 1);
+    const auto iso = [](const std::string& t) {
+      // 2026-11-26T10:27:54.79Z: date, 'T', time, optional fraction, 'Z'.
+      return t.size() >= 20 && t[4] == '-' && t[7] == '-' && t[10] == 'T' && t[13] == ':' &&
+             t[16] == ':' && t.back() == 'Z' && t.find(' ') == std::string::npos &&
+             t.find('+') == std::string::npos;
+    };
+    CHECK_MESSAGE(iso(all->front().expires_at), all->front().expires_at);
+    CHECK_MESSAGE(iso(all->front().acquired_at), all->front().acquired_at);
+    CHECK(all->front().expires_at > all->front().acquired_at);
+    REQUIRE(mire::release_lease(store, a));
+    CHECK(mire::list_leases(store)->front().expires_at == "-infinity");
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "dead letters of an unknown projection are not_found, naming it") {
+    auto none = mire::dead_letters(store, "nothing");
+    REQUIRE_FALSE(none);
+    CHECK(none.error().code == errc::not_found);
+    CHECK(none.error().message.find("'nothing'") != std::string::npos);
+    // A projection that ran and parked nothing has none.
+    append_deposits(store, 1, 1);
+    auto p = make_projector(store, balances_projection());
+    run_until_caught_up(p, must_acquire(store, mire::projection_resource("balances"), "r1"));
+    auto empty = mire::dead_letters(store, "balances");
+    REQUIRE_MESSAGE(empty, empty.error().what());
+    CHECK(empty->empty());
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a rebuild of a stopped projection is refused until it runs again") {
+    append_deposits(store, 1, 2);
+    REQUIRE(store.append("acct-0", expected_version::any(), {{"acct.poison", "{}", "{}", {}}}));
+    auto refuse = std::make_shared<std::atomic<bool>>(true);
+    auto p = make_projector(store, balances_projection(refuse));
+    auto held = must_acquire(store, mire::projection_resource("balances"), "r1");
+    REQUIRE(p.step(held)->stopped);
+    auto r = mire::request_rebuild(store, "balances");
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == errc::bad_input);
+    CHECK(r.error().message.find("balances is stopped") != std::string::npos);
+    CHECK(r.error().message.find("acct.poison is not accepted") != std::string::npos);
+    CHECK(r.error().message.find("resume or reset it") != std::string::npos);
+    CHECK_FALSE(mire::projection_status_of(store, "balances")->rebuild_requested);
+    refuse->store(false);
+    REQUIRE(mire::resume_projection(store, "balances"));
+    REQUIRE(mire::request_rebuild(store, "balances"));
+    CHECK(mire::projection_status_of(store, "balances")->rebuild_requested);
   }
 
 } // TEST_SUITE

@@ -126,7 +126,8 @@ result<std::vector<projection_status>> projection_statuses(event_store& store);
 result<projection_status> projection_status_of(event_store& store, std::string_view name);
 
 /// Asks the projection's driver to rebuild it beside the live read model and switch when the
-/// new generation has caught up. Idempotent; not_found when it never ran.
+/// new generation has caught up. Idempotent; not_found when it never ran; bad_input (and no
+/// request) when it is stopped: resume or reset it first.
 result<void> request_rebuild(event_store& store, std::string_view name);
 /// Moves the live generation's checkpoint to `to` (the read model is left as it is) and sets
 /// the state back to running; the driver continues after `to`. not_found when it never ran.
@@ -134,7 +135,8 @@ result<void> reset_projection(event_store& store, std::string_view name, checkpo
 /// Sets a stopped projection running again: the event that stopped it is tried again.
 result<void> resume_projection(event_store& store, std::string_view name);
 
-/// The dead letters of one projection (all generations), oldest first.
+/// The dead letters of one projection (all generations), oldest first. not_found when it
+/// never ran.
 result<std::vector<dead_letter>> dead_letters(event_store& store, std::string_view name);
 /// Marks a parked event skipped (it stays in the table as a record). not_found for a bad id.
 result<void> skip_dead_letter(event_store& store, int64_t id);
@@ -173,11 +175,16 @@ public:
   /// (switching it live once it has caught up). Each batch is one fenced transaction: fenced_out
   /// when the lease is no longer ours, and nothing of the batch is stored. Setting `*cancel`
   /// makes a batch in progress roll back (fenced_out). unavailable when the database is gone.
+  /// While catching up over full pages it reads the next page ahead on another of the store's
+  /// connections, and reads the projection's head again only when the last batch saw something
+  /// asked of it (a rebuild, a retry; a reset is seen by the batch itself).
   result<step_result> step(const lease& held, const std::atomic<bool>* cancel = nullptr);
 
-  /// Waits up to `timeout` for a notification that events were appended (LISTEN mire_events);
-  /// true when one came, or at once when it had to (re)connect (appends made while nobody
-  /// listened woke no one: step again). An error means no wake-up connection: poll instead.
+  /// Waits up to `timeout` for a notification that events were appended, through a
+  /// log_listener (listener.hpp): true when one came, or at once when it had to (re)connect
+  /// (appends made while nobody listened woke no one: step again); false when the time ran
+  /// out. An error means no wake-up connection (poll instead); later calls reconnect with
+  /// backoff.
   result<bool> wait(std::chrono::milliseconds timeout);
 
 private:
