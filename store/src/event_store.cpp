@@ -25,7 +25,7 @@ namespace detail {
 /// the log from their checkpoint and poll as a fallback (for writers outside mire, say).
 class append_notifier {
 public:
-  static constexpr auto window = std::chrono::milliseconds(5);
+  static constexpr auto window = std::chrono::milliseconds(20);
 
   template <class Connect>
   append_notifier(Connect connect, std::string schema)
