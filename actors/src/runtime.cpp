@@ -58,6 +58,9 @@ result<runtime> runtime::start(event_store store, runtime_options options) {
   // A command crosses several actors; the sharing scheduler wakes a thread at once for each hop
   // (the stealing default backs off and measured ~2x slower per command here).
   p->config->set("scheduler.policy", caf::atom("sharing"));
+  // One thread: a hop between the runtime's actors then wakes no other thread (the database work
+  // runs on the store actor's own workers); see config/mire.ini, mire.scheduler.threads.
+  p->config->set("scheduler.max-threads", 1);
   p->own = std::make_unique<caf::actor_system>(*p->config);
   p->system = p->own.get();
   p->options = options;

@@ -418,7 +418,7 @@ private:
     MIRE_TRY(store_timeout,
              duration("mire.aggregates.store_timeout", defaults.aggregates.store_timeout));
     MIRE_TRY(policy, string("mire.scheduler.policy", "sharing"));
-    MIRE_TRY(threads, integer("mire.scheduler.threads", 0, 0, 256));
+    MIRE_TRY(threads, integer("mire.scheduler.threads", 1, 0, 256));
 #undef MIRE_TRY
 
     // The database.

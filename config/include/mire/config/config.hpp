@@ -29,8 +29,10 @@ struct scheduler_options {
   /// request/reply latency on few cores); "stealing": CAF's default, per-thread queues, idle
   /// threads poll and sleep between polls (tens of microseconds per hop when lightly loaded).
   std::string policy = "sharing";
-  /// Scheduler threads; 0 = CAF's default (the number of cores, at least 4).
-  std::size_t threads = 0;
+  /// Scheduler threads; 0 = CAF's default (the number of cores, at least 4). One by default: the
+  /// actors hand each command on several times, and on one thread a hop needs no wake-up (the
+  /// blocking database work runs on the store's own worker threads anyway).
+  std::size_t threads = 1;
 };
 
 /// The effective configuration.
