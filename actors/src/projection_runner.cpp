@@ -71,10 +71,10 @@ caf::behavior projection_worker(caf::stateful_actor<worker_state>* self, store_o
   return {
       [self](step_atom, std::string& resource, std::string& owner,
              int64_t fence) -> caf::result<step_reply> {
-        auto p = self->state.get();
-        if (!p)
-          return to_caf(p.error());
         try {
+          auto p = self->state.get();
+          if (!p)
+            return to_caf(p.error());
           auto r = (*p)->step(lease{std::move(resource), std::move(owner), fence},
                               self->state.cancel.get());
           if (!r)
@@ -91,13 +91,17 @@ caf::behavior projection_worker(caf::stateful_actor<worker_state>* self, store_o
         }
       },
       [self](wait_atom, int64_t ms) -> caf::result<bool> {
-        auto p = self->state.get();
-        if (!p)
-          return to_caf(p.error());
-        auto r = (*p)->wait(std::chrono::milliseconds(ms));
-        if (!r)
-          return to_caf(r.error());
-        return *r;
+        try {
+          auto p = self->state.get();
+          if (!p)
+            return to_caf(p.error());
+          auto r = (*p)->wait(std::chrono::milliseconds(ms));
+          if (!r)
+            return to_caf(r.error());
+          return *r;
+        } catch (const std::exception& ex) { // as for step: a failed wait, never a dead worker
+          return to_caf(error{errc::internal, std::string("projection wait: ") + ex.what()});
+        }
       },
   };
 }

@@ -237,11 +237,21 @@ void confirm(aggregate_self self, job j, int retries, erased_reply decided) {
   const int64_t seen = self->state.version;
   catch_up(self, [self, j, retries, seen, decided](result<void> r) {
     auto& st = self->state;
-    if (r && st.version != seen && retries < st.type->options.max_retries) {
+    if (!r) {
+      fail(self, j, r.error()); // unconfirmed: the refusal may rest on an outdated state
+    } else if (st.version == seen) {
+      reply(self, j, decided);
+    } else if (retries < st.type->options.max_retries) {
       run(self, j, retries + 1);
       return;
+    } else {
+      mire::error e{errc::version_conflict,
+                    "the stream kept moving while the command was decided; retries exhausted"};
+      e.stream_id = st.id;
+      e.expected = seen;
+      e.actual = st.version;
+      fail(self, j, e);
     }
-    reply(self, j, decided);
     finish(self);
   });
 }

@@ -15,25 +15,27 @@ namespace {
 using detail::store_access;
 
 // A free or expired lease changes hands (fence + 1); the owner's own live lease is extended with
-// its fence unchanged; another owner's live lease is left alone (no row returned).
+// its fence unchanged; another owner's live lease is left alone (no row returned). The clock is
+// read when the statement runs (clock_timestamp), not when its transaction began: the statement
+// may have waited for the lease row behind a batch.
 constexpr std::string_view acquire_sql = R"sql(
 INSERT INTO {s}.leases AS l (resource, owner, fence_token, expires_at, acquired_at)
-VALUES ($1, $2, 1, now() + $3::bigint * interval '1 millisecond', now())
+VALUES ($1, $2, 1, clock_timestamp() + $3::bigint * interval '1 millisecond', clock_timestamp())
 ON CONFLICT (resource) DO UPDATE
 SET owner = excluded.owner,
-    fence_token = CASE WHEN l.owner = excluded.owner AND l.expires_at > now()
+    fence_token = CASE WHEN l.owner = excluded.owner AND l.expires_at > clock_timestamp()
                        THEN l.fence_token ELSE l.fence_token + 1 END,
-    acquired_at = CASE WHEN l.owner = excluded.owner AND l.expires_at > now()
-                       THEN l.acquired_at ELSE now() END,
+    acquired_at = CASE WHEN l.owner = excluded.owner AND l.expires_at > clock_timestamp()
+                       THEN l.acquired_at ELSE clock_timestamp() END,
     expires_at = excluded.expires_at
-WHERE l.owner = excluded.owner OR l.expires_at <= now()
+WHERE l.owner = excluded.owner OR l.expires_at <= clock_timestamp()
 RETURNING fence_token)sql";
 
 // Only the holder of this very fence, and only while the lease is live: after an expiry the
 // holder must acquire again (which moves the fence), so an interval without a lease is seen.
 constexpr std::string_view renew_sql = R"sql(
-UPDATE {s}.leases SET expires_at = now() + $4::bigint * interval '1 millisecond'
-WHERE resource = $1 AND owner = $2 AND fence_token = $3 AND expires_at > now()
+UPDATE {s}.leases SET expires_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
+WHERE resource = $1 AND owner = $2 AND fence_token = $3 AND expires_at > clock_timestamp()
 RETURNING fence_token)sql";
 
 constexpr std::string_view release_sql = R"sql(

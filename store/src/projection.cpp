@@ -79,7 +79,8 @@ WHERE p.name = $1 ORDER BY g.generation)sql");
     // is ended by the server, so it never keeps the next owner waiting for long.
     lock_lease = s(R"sql(
 SELECT set_config('idle_in_transaction_session_timeout',
-         greatest(250, extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint::text,
+         least(2147483647, greatest(250, extract(epoch FROM expires_at - clock_timestamp()) * 1000))
+           ::bigint::text,
          true)
 FROM {s}.leases
 WHERE resource = $1 AND owner = $2 AND fence_token = $3 AND expires_at > clock_timestamp()
@@ -93,7 +94,7 @@ WHERE name = $1 AND generation = $2 FOR UPDATE)sql");
     // the lease is not ours, or the generation is gone (lock_lease tells which).
     claim = s(R"sql(
 SELECT set_config('idle_in_transaction_session_timeout',
-         greatest(250, extract(epoch FROM l.expires_at - clock_timestamp()) * 1000)::bigint::text,
+         least(2147483647, greatest(250, extract(epoch FROM l.expires_at - clock_timestamp()) * 1000))::bigint::text,
          true),
        g.transaction_id, g.position
 FROM {s}.leases l, {s}.projection_generations g
@@ -432,6 +433,8 @@ struct projector::impl {
   struct steady_head {
     int32_t live = 0;
     checkpoint position;
+    int64_t fence = 0; ///< the lease it was seen under: a lease that changed hands meanwhile
+                       ///< may have seen the projection stopped or reset, so read the head
   };
   std::optional<steady_head> steady;
 
@@ -711,6 +714,18 @@ struct projector::impl {
     if (!f)
       return f.error();
     if (def.on_poison == poison_policy::stop) {
+      // reset_projection's lock order (projection, then generation): an operator's reset that
+      // got in first has moved the checkpoint, and then there is nothing here to stop.
+      if (auto p = f->q("mire_proj_lock_projection", sql->lock_projection, {def.name}); !p)
+        return p.error();
+      auto cp = f->q("mire_proj_lock_generation", sql->lock_generation,
+                     {def.name, std::to_string(generation)});
+      if (!cp)
+        return cp.error();
+      if (cp->empty() || checkpoint{cp->uint64(0, 0), cp->int64(0, 1)} != after) {
+        f->tx.rollback();
+        return {};
+      }
       if (auto s = f->q("mire_proj_stop", sql->stop, {def.name, what}); !s)
         return s.error();
       return commit(*f);
@@ -892,7 +907,7 @@ struct projector::impl {
       return bad_input(fmt::format("lease on '{}' does not cover projection {} (needs '{}')",
                                    detail::printable(held.resource), def.name, resource));
     step_result out;
-    if (auto at = std::exchange(steady, std::nullopt)) {
+    if (auto at = std::exchange(steady, std::nullopt); at && at->fence == held.fence_token) {
       // Straight on from the last batch: nothing was asked of the projection as of its guard.
       auto main = batch(held, at->live, at->position, 0, cancel, true);
       if (!main)
@@ -904,7 +919,7 @@ struct projector::impl {
       out.stopped = main->stopped;
       out.caught_up = main->stopped || !main->full;
       if (main->steady)
-        steady = steady_head{at->live, main->position};
+        steady = steady_head{at->live, main->position, held.fence_token};
       return out;
     }
     if (!registered) {
@@ -969,7 +984,7 @@ struct projector::impl {
     if (!main)
       return main.error();
     if (main->steady && !rebuilding)
-      steady = steady_head{live, main->position};
+      steady = steady_head{live, main->position, held.fence_token};
     out.applied = main->applied;
     out.parked = main->parked;
     out.position = main->position;
