@@ -24,6 +24,7 @@
 #include "mire/actors/projection.hpp"
 #include "mire/store/embedded_postgres.hpp"
 #include "mire/store/projection.hpp"
+#include "support/acct.hpp"
 #include "support/pg_harness.hpp"
 
 namespace {
@@ -32,31 +33,10 @@ using namespace std::chrono_literals;
 using mire::expected_version;
 using mire::actors::runner_status;
 using mire::actors::status_atom;
-using balances = std::map<std::string, int64_t>;
-
-mire::event_data deposit(int64_t amount) {
-  return {"acct.deposited", nlohmann::json{{"amount", amount}}.dump(), "{}", {}};
-}
-
-mire::sql_rows sql(mire::event_store& store, const std::string& text) {
-  auto r = store.transact([&](mire::transaction& tx) { return tx.execute(text); });
-  REQUIRE_MESSAGE(r, r.error().what());
-  return *r;
-}
-
-balances fold(mire::event_store& store) {
-  balances out;
-  mire::checkpoint cp;
-  for (;;) {
-    auto page = store.read_all(cp, 1000, mire::log_filter{"acct", {"acct.deposited"}});
-    REQUIRE(page);
-    if (page->events.empty())
-      return out;
-    for (const auto& e : page->events)
-      out[e.stream_id] += nlohmann::json::parse(e.data).at("amount").get<int64_t>();
-    cp = page->next;
-  }
-}
+using mire::test::balances;
+using mire::test::deposit;
+using mire::test::fold;
+using mire::test::sql;
 
 balances view(mire::event_store& store) {
   balances out;

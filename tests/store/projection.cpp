@@ -17,6 +17,7 @@
 #include "mire/store/event_store.hpp"
 #include "mire/store/lease.hpp"
 #include "mire/store/projection.hpp"
+#include "support/acct.hpp"
 #include "support/pg_harness.hpp"
 
 namespace {
@@ -25,19 +26,10 @@ using namespace std::chrono_literals;
 using mire::errc;
 using mire::expected_version;
 
-using balances = std::map<std::string, int64_t>;
-
-mire::event_data deposit(int64_t amount) {
-  return {"acct.deposited", nlohmann::json{{"amount", amount}}.dump(), "{}", {}};
-}
-
-// Runs one statement in its own transaction.
-mire::sql_rows sql(mire::event_store& store, const std::string& text,
-                   std::vector<mire::sql_param> params = {}) {
-  auto r = store.transact([&](mire::transaction& tx) { return tx.execute(text, params); });
-  REQUIRE_MESSAGE(r, r.error().what());
-  return *r;
-}
+using mire::test::balances;
+using mire::test::deposit;
+using mire::test::fold;
+using mire::test::sql;
 
 // Ends a lease now, as if its ttl had run out.
 void expire(mire::event_store& store, const std::string& resource) {
@@ -53,20 +45,6 @@ mire::lease must_acquire(mire::event_store& store, const std::string& resource,
   return **l;
 }
 
-// The fold of the log: each account's balance.
-balances fold(mire::event_store& store) {
-  balances out;
-  mire::checkpoint cp;
-  for (;;) {
-    auto page = store.read_all(cp, 1000, mire::log_filter{"acct", {"acct.deposited"}});
-    REQUIRE(page);
-    if (page->events.empty())
-      return out;
-    for (const auto& e : page->events)
-      out[e.stream_id] += nlohmann::json::parse(e.data).at("amount").get<int64_t>();
-    cp = page->next;
-  }
-}
 
 // What readers see through the stable view.
 balances view(mire::event_store& store, const std::string& name = "balances") {
