@@ -51,34 +51,11 @@ int64_t count_deposits(mire::event_store& store) {
                          .at(0, 0));
 }
 
+// The shared balances projection, in small batches, parking poison events unless told otherwise.
 mire::projection_definition
 balances_projection(mire::poison_policy policy = mire::poison_policy::park) {
-  mire::projection_definition def;
-  def.name = "balances";
-  def.filter.category = "acct";
-  def.batch_size = 50;
-  def.tables = {"balances"};
+  auto def = mire::test::balances_projection({}, 50);
   def.on_poison = policy;
-  def.setup = [](mire::transaction& tx, const mire::projection_context& ctx) -> mire::result<void> {
-    auto r = tx.execute("CREATE TABLE " + ctx.table("balances") +
-                        " (id text PRIMARY KEY, balance bigint NOT NULL)");
-    if (!r)
-      return r.error();
-    return {};
-  };
-  def.handler = [](mire::transaction& tx, const mire::recorded_event& e,
-                   const mire::projection_context& ctx) -> mire::result<void> {
-    if (e.type == "acct.poison")
-      return mire::bad_input("acct.poison is not accepted");
-    const auto amount = nlohmann::json::parse(e.data).at("amount").get<int64_t>();
-    auto r = tx.execute("INSERT INTO " + ctx.table("balances") +
-                            " AS b (id, balance) VALUES ($1, $2::bigint) ON CONFLICT (id) DO "
-                            "UPDATE SET balance = b.balance + excluded.balance",
-                        {e.stream_id, std::to_string(amount)});
-    if (!r)
-      return r.error();
-    return {};
-  };
   return def;
 }
 

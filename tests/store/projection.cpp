@@ -27,6 +27,7 @@ using mire::errc;
 using mire::expected_version;
 
 using mire::test::balances;
+using mire::test::balances_projection;
 using mire::test::deposit;
 using mire::test::fold;
 using mire::test::sql;
@@ -54,39 +55,6 @@ balances view(mire::event_store& store, const std::string& name = "balances") {
   return out;
 }
 
-// A balances read model; events of type acct.poison are refused while `refuse` is set.
-mire::projection_definition balances_projection(std::shared_ptr<std::atomic<bool>> refuse = {},
-                                                std::size_t batch = 100) {
-  mire::projection_definition def;
-  def.name = "balances";
-  def.filter.category = "acct";
-  def.batch_size = batch;
-  def.tables = {"balances"};
-  def.setup = [](mire::transaction& tx, const mire::projection_context& ctx) -> mire::result<void> {
-    auto r = tx.execute("CREATE TABLE " + ctx.table("balances") +
-                        " (id text PRIMARY KEY, balance bigint NOT NULL)");
-    if (!r)
-      return r.error();
-    return {};
-  };
-  def.handler = [refuse](mire::transaction& tx, const mire::recorded_event& e,
-                         const mire::projection_context& ctx) -> mire::result<void> {
-    if (e.type == "acct.poison") {
-      if (!refuse || refuse->load())
-        return mire::bad_input("acct.poison is not accepted");
-      return {};
-    }
-    const auto amount = nlohmann::json::parse(e.data).at("amount").get<int64_t>();
-    auto r = tx.execute("INSERT INTO " + ctx.table("balances") +
-                            " AS b (id, balance) VALUES ($1, $2::bigint) ON CONFLICT (id) DO "
-                            "UPDATE SET balance = b.balance + excluded.balance",
-                        {e.stream_id, std::to_string(amount)});
-    if (!r)
-      return r.error();
-    return {};
-  };
-  return def;
-}
 
 mire::projector make_projector(mire::event_store& store, mire::projection_definition def) {
   auto p = mire::projector::create(store, std::move(def));
