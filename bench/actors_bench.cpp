@@ -9,6 +9,11 @@
 //   latency_p50_* / latency_p99_*
 //                       per command (mire: send until the reply; baseline: one INSERT +
 //                       commit), over every timed round
+//   ceiling_16_senders  the most group commit itself gets out of 16 blocking senders here, no
+//                       actors: 16 threads hand one append each to as many committer threads as
+//                       the store actor has workers, which call event_store::append_group on
+//                       whatever has queued and wake each sender. actors_16_senders can at best
+//                       come near it; its ratio to raw libpq tells what a machine allows.
 //
 // The aggregates live in a runtime configured like `mire` is (config/mire.ini, environment,
 // --mire.* flags), so the group-commit settings can be tried out: `mire bench actors
@@ -23,10 +28,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <deque>
 #include <functional>
 #include <latch>
 #include <memory>
@@ -119,8 +127,13 @@ public:
       : o_(o), size_(sizes_for(o.scale)), schema_(std::move(schema)), q_(quote_ident(schema_)),
         store_(std::move(store)),
         rt_(must(config::start_runtime(cfg, store_), "starting the runtime")), figures_(out) {
-    for (int i = 0; i < aggregates; ++i)
+    for (int i = 0; i < aggregates; ++i) {
       ids_.push_back(fmt::format("acct-{:04}", i));
+      ceiling_ids_.push_back(fmt::format("ceiling-{:04}", i));
+    }
+    ceiling_versions_.assign(aggregates, 0);
+    committers_ = cfg.runtime.store.workers;
+    max_group_ = cfg.runtime.store.max_group;
     raw_versions_.assign(aggregates, 0);
     // The baseline inserts exactly the rows mire stores: same type, payload and metadata text.
     auto data = event_codec<bench_account::event>::encode(
@@ -145,8 +158,11 @@ public:
                          size_.rounds, size_.per_sender_16, size_.per_sender_1));
     const int senders[2] = {16, 1};
     const int64_t per[2] = {size_.per_sender_16, size_.per_sender_1};
-    std::vector<double> mire[2], raw[2], mire_lat[2], raw_lat[2];
+    std::vector<double> mire[2], raw[2], mire_lat[2], raw_lat[2], ceiling, ceiling_raw;
     for (int r = 0; r < size_.rounds; ++r) {
+      // The ceiling and a baseline round of its own right beside it.
+      ceiling.push_back(ceiling_round(16, size_.per_sender_16));
+      ceiling_raw.push_back(raw_round(16, size_.per_sender_16, nullptr));
       for (int k = 0; k < 2; ++k) {
         // Alternate which side goes first, so neither always runs on a warmer (or busier) server.
         if ((r + k) % 2 == 0) {
@@ -168,6 +184,12 @@ public:
                                    false, 0.7,
                                    "1 thread calling runtime::send; baseline: 1 connection, one "
                                    "INSERT per transaction"));
+    figures_.push_back(make_figure(
+        "ceiling_16_senders", median(ceiling), median(ceiling_raw), "cmds/s", false, std::nullopt,
+        fmt::format("no actors: 16 threads handing one append each to {} committer threads "
+                    "calling event_store::append_group (group commit's best case here); "
+                    "baseline: as for actors_16_senders",
+                    committers_)));
     const char* label[2] = {"16", "1"};
     for (int k = 0; k < 2; ++k) {
       figures_.push_back(make_figure(fmt::format("latency_p50_{}", label[k]),
@@ -219,6 +241,98 @@ private:
     if (latency)
       for (auto& l : lat)
         latency->insert(latency->end(), l.begin(), l.end());
+    return static_cast<double>(senders * per_sender) / secs;
+  }
+
+  // Group commit without actors: `senders` threads each hand one append at a time (a deposit to
+  // their own share of the ceiling's streams) to the committer threads and wait for its outcome;
+  // a committer takes everything queued (up to max_group) into one event_store::append_group.
+  double ceiling_round(int senders, int64_t per_sender) {
+    struct request {
+      stream_append append;
+      bool done = false;
+      bool ok = false;
+      std::string error;
+      std::mutex m;
+      std::condition_variable cv;
+    };
+    std::mutex qm;
+    std::condition_variable qcv;
+    std::deque<request*> queue;
+    bool stop = false;
+    auto committer = [&] {
+      for (;;) {
+        std::vector<request*> taken;
+        {
+          std::unique_lock lock{qm};
+          qcv.wait(lock, [&] { return stop || !queue.empty(); });
+          if (queue.empty())
+            return;
+          while (!queue.empty() && taken.size() < max_group_) {
+            taken.push_back(queue.front());
+            queue.pop_front();
+          }
+        }
+        std::vector<stream_append> group;
+        group.reserve(taken.size());
+        for (auto* t : taken)
+          group.push_back(t->append);
+        auto r = store_.append_group(std::move(group));
+        for (std::size_t i = 0; i < taken.size(); ++i) {
+          auto* t = taken[i];
+          {
+            std::lock_guard lock{t->m};
+            t->done = true;
+            t->ok = r && (*r)[i].has_value();
+            if (!t->ok)
+              t->error = !r ? r.error().what() : (*r)[i].error().what();
+          }
+          t->cv.notify_one();
+        }
+      }
+    };
+    std::vector<std::thread> committers;
+    for (std::size_t c = 0; c < committers_; ++c)
+      committers.emplace_back(committer);
+    std::string failed; // the first failure, under qm
+    std::atomic<bool> any_failed{false};
+    const std::string metadata(event_metadata);
+    const double secs = run_threads(senders, [&](int s) {
+      std::size_t i = static_cast<std::size_t>(s);
+      for (int64_t k = 0; k < per_sender && !any_failed; ++k) {
+        request q;
+        q.append.stream_id = ceiling_ids_[i];
+        q.append.expected = expected_version::exactly(ceiling_versions_[i]);
+        q.append.events.push_back(event_data{event_type_, payload_, metadata, new_uuid()});
+        {
+          std::lock_guard lock{qm};
+          queue.push_back(&q);
+        }
+        qcv.notify_one();
+        std::unique_lock lock{q.m};
+        q.cv.wait(lock, [&] { return q.done; });
+        if (!q.ok) {
+          std::lock_guard f{qm};
+          if (!any_failed.exchange(true))
+            failed = fmt::format("ceiling append to {}: {}", q.append.stream_id, q.error);
+          break;
+        }
+        ++ceiling_versions_[i];
+        i += static_cast<std::size_t>(senders);
+        if (i >= ceiling_ids_.size())
+          i = static_cast<std::size_t>(s);
+      }
+    });
+    {
+      std::lock_guard lock{qm};
+      stop = true;
+    }
+    qcv.notify_all();
+    for (auto& t : committers)
+      t.join();
+    if (!failed.empty())
+      throw failure(1, failed);
+    commands_ += senders * per_sender;
     return static_cast<double>(senders * per_sender) / secs;
   }
 
@@ -287,6 +401,9 @@ private:
   std::vector<int64_t> raw_versions_; // per aggregate: each baseline thread owns its share
   std::vector<std::unique_ptr<raw_conn>> raw_conns_;
   std::string event_type_, payload_;
+  std::vector<std::string> ceiling_ids_;     // streams of ceiling_round, apart from the actors'
+  std::vector<int64_t> ceiling_versions_;    // their versions: each sender owns its share
+  std::size_t committers_ = 0, max_group_ = 0; // ceiling_round's, as the store actor's
   int64_t commands_ = 0; // accepted through the actors, warm-up included
 };
 

@@ -284,6 +284,15 @@ void run(aggregate_self self, job j, int retries) {
   }
   const int64_t before = st.version;
   auto events = d.events;
+  // A waiting thread is answered by the store worker the moment the append commits; the reply
+  // below (after apply) then finds the slot settled. Its caller's next command to this actor
+  // queues behind the apply, as this actor is busy until then.
+  commit_hook settle_on_commit;
+  if (j.slot)
+    settle_on_commit = std::make_shared<const std::function<void(const append_result&)>>(
+        [slot = j.slot, retries, events](const append_result& r) {
+          slot->settle(erased_reply{erased_reply::accepted, r.version, retries, events, {}});
+        });
   call_store<append_result>(
       self,
       [self, j, retries, before, events](append_result& r) {
@@ -310,7 +319,8 @@ void run(aggregate_self self, job j, int retries) {
             finish(self);
       },
       append_atom::value,
-      stream_append{st.id, expected_version::exactly(before), std::move(d.encoded)});
+      stream_append{st.id, expected_version::exactly(before), std::move(d.encoded)},
+      std::move(settle_on_commit));
 }
 
 void answer_state(aggregate_self self, job j) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <set>
 #include <exception>
 #include <memory>
 #include <string>
@@ -17,6 +18,9 @@
 
 #include "mire/actors/errors.hpp"
 #include "mire/store/uuid.hpp"
+
+// The hooks of a group, beside its appends (local messages only, like the hooks themselves).
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<mire::actors::commit_hook>)
 
 namespace mire::actors {
 namespace {
@@ -84,9 +88,14 @@ caf::error internal_error(const char* what, const std::exception& ex) {
 // whose death would take the store actor with it.
 caf::behavior store_worker(caf::event_based_actor*, std::shared_ptr<event_store> store) {
   return {
-      [store](group_atom, std::vector<stream_append>& group) -> std::vector<append_outcome> {
+      [store](group_atom, std::vector<stream_append>& group,
+              const std::vector<commit_hook>& hooks) -> std::vector<append_outcome> {
         try {
-          return commit(*store, group);
+          auto outcomes = commit(*store, group);
+          for (std::size_t i = 0; i < outcomes.size(); ++i)
+            if (hooks[i] && !outcomes[i].error)
+              (*hooks[i])(outcomes[i].value);
+          return outcomes;
         } catch (const std::exception& ex) {
           return std::vector<append_outcome>(group.size(),
                                              append_outcome{{}, internal_error("append", ex)});
@@ -130,6 +139,7 @@ caf::behavior store_worker(caf::event_based_actor*, std::shared_ptr<event_store>
 
 struct queued_append {
   stream_append append;
+  commit_hook hook;
   caf::typed_response_promise<append_result> rp;
   clock::time_point arrived;
 };
@@ -154,6 +164,7 @@ struct coordinator_state {
   std::vector<caf::actor> idle;              ///< workers waiting for work
   std::deque<job> queue;                     ///< in arrival order
   std::unordered_set<std::string> in_flight; ///< streams with an append being committed
+  std::multiset<std::size_t> group_sizes;    ///< of the groups being committed
   bool timer_armed = false;
   static inline const char* name = "mire.store";
 };
@@ -196,18 +207,24 @@ std::vector<queued_append> take_group(coordinator_state& st) {
 
 void send_group(coordinator self, caf::actor worker, std::vector<queued_append> group) {
   std::vector<stream_append> appends;
+  std::vector<commit_hook> hooks;
   auto members = std::make_shared<std::vector<member>>();
   appends.reserve(group.size());
+  hooks.reserve(group.size());
   members->reserve(group.size());
   for (auto& q : group) {
     members->push_back(member{q.append.stream_id, std::move(q.rp)});
     appends.push_back(std::move(q.append));
+    hooks.push_back(std::move(q.hook));
   }
+  self->state.group_sizes.insert(members->size());
   auto done = [self, members] {
+    auto& st = self->state;
     for (auto& m : *members)
-      self->state.in_flight.erase(m.stream_id);
+      st.in_flight.erase(m.stream_id);
+    st.group_sizes.erase(st.group_sizes.find(members->size()));
   };
-  self->request(worker, caf::infinite, group_atom::value, std::move(appends))
+  self->request(worker, caf::infinite, group_atom::value, std::move(appends), std::move(hooks))
       .then(
           [self, worker, members, done](std::vector<append_outcome>& outcomes) {
             for (std::size_t i = 0; i < members->size(); ++i) {
@@ -250,44 +267,75 @@ void send_alone(coordinator self, caf::actor worker, job j) {
   }
 }
 
-// Hands queued work to idle workers. Low latency first: an idle worker takes work at once,
-// unless a group window is set and the oldest ready append has not waited it out yet (and the
-// group is not full). Group commit comes from the rest: whatever queued up while every worker
-// was busy leaves together.
+// Whether the ready appends (the oldest first) should wait for company rather than leave now.
+// Balanced groups: while a group commits, the next one leaves once as many appends are ready as
+// the largest group in flight has, or when a group is done. Leaving at once with whatever is
+// ready would split a steady load into one big group and many single appends (each one costs a
+// commit); waiting for one group's time at most lets appends that arrive meanwhile join. With
+// nothing in flight an append leaves at once (unless a group window is set): a lone caller does
+// not wait.
+bool wait_for_company(coordinator self, const queued_append& oldest, std::size_t ready,
+                      bool window_over) {
+  auto& st = self->state;
+  if (ready >= st.options.max_group)
+    return false;
+  if (!st.group_sizes.empty() && ready < *st.group_sizes.rbegin())
+    return true;
+  if (window_over || st.options.group_window.count() == 0)
+    return false;
+  const auto due = oldest.arrived + st.options.group_window;
+  const auto now = clock::now();
+  if (now >= due)
+    return false;
+  if (!st.timer_armed) {
+    st.timer_armed = true;
+    self->delayed_send(self, due - now, flush_atom::value);
+  }
+  return true;
+}
+
+// Hands queued work to idle workers: loads and snapshots at once, appends as groups (see
+// wait_for_company). Group commit comes from the rest: whatever queued up while the workers
+// were busy leaves together.
 void dispatch(coordinator self, bool window_over) {
   auto& st = self->state;
   while (!st.idle.empty()) {
-    auto it =
-        std::find_if(st.queue.begin(), st.queue.end(), [&](const job& j) { return ready(st, j); });
-    if (it == st.queue.end())
-      return;
-    if (auto* a = std::get_if<queued_append>(&*it)) {
-      if (!window_over && st.options.group_window.count() > 0) {
-        const auto due = a->arrived + st.options.group_window;
-        const auto now = clock::now();
-        const auto appends = static_cast<std::size_t>(
-            std::count_if(st.queue.begin(), st.queue.end(), [&](const job& j) {
-              return std::holds_alternative<queued_append>(j) && ready(st, j);
-            }));
-        if (now < due && appends < st.options.max_group) {
-          if (!st.timer_armed) {
-            st.timer_armed = true;
-            self->delayed_send(self, due - now, flush_atom::value);
-          }
-          return;
+    const queued_append* oldest = nullptr;
+    std::size_t ready_appends = 0;
+    auto alone = st.queue.end(); // the first ready load or snapshot
+    for (auto it = st.queue.begin(); it != st.queue.end(); ++it) {
+      if (auto* a = std::get_if<queued_append>(&*it)) {
+        if (ready(st, *it)) {
+          oldest = oldest ? oldest : a;
+          ++ready_appends;
         }
+      } else if (alone == st.queue.end()) {
+        alone = it;
       }
-      auto worker = std::move(st.idle.back());
+    }
+    auto worker = [&] {
+      auto w = std::move(st.idle.back());
       st.idle.pop_back();
-      send_group(self, std::move(worker), take_group(st));
+      return w;
+    };
+    if (oldest != nullptr && !wait_for_company(self, *oldest, ready_appends, window_over)) {
+      send_group(self, worker(), take_group(st));
+    } else if (alone != st.queue.end()) {
+      job j = std::move(*alone);
+      st.queue.erase(alone);
+      send_alone(self, worker(), std::move(j));
     } else {
-      job j = std::move(*it);
-      st.queue.erase(it);
-      auto worker = std::move(st.idle.back());
-      st.idle.pop_back();
-      send_alone(self, std::move(worker), std::move(j));
+      return;
     }
   }
+}
+
+caf::typed_response_promise<append_result> enqueue_append(coordinator self, stream_append a,
+                                                          commit_hook hook) {
+  auto rp = self->make_response_promise<append_result>();
+  self->state.queue.emplace_back(queued_append{std::move(a), std::move(hook), rp, clock::now()});
+  dispatch(self, false);
+  return rp;
 }
 
 store_actor::behavior_type coordinator_actor(coordinator self, event_store store,
@@ -299,10 +347,11 @@ store_actor::behavior_type coordinator_actor(coordinator self, event_store store
     self->state.idle.push_back(self->spawn<caf::detached + caf::linked>(store_worker, shared));
   return {
       [self](append_atom, stream_append& a) -> caf::typed_response_promise<append_result> {
-        auto rp = self->make_response_promise<append_result>();
-        self->state.queue.emplace_back(queued_append{std::move(a), rp, clock::now()});
-        dispatch(self, false);
-        return rp;
+        return enqueue_append(self, std::move(a), nullptr);
+      },
+      [self](append_atom, stream_append& a,
+             commit_hook& hook) -> caf::typed_response_promise<append_result> {
+        return enqueue_append(self, std::move(a), std::move(hook));
       },
       [self](load_atom, load_request& req) -> caf::typed_response_promise<stream_load> {
         auto rp = self->make_response_promise<stream_load>();

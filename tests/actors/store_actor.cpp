@@ -2,9 +2,14 @@
 // outcome, appends to one stream keep their order, loads and snapshots.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -187,6 +192,85 @@ TEST_SUITE("pg") {
     // Two workers: the first append or two leave alone, the rest queue up behind them.
     MESSAGE("200 appends in ", transactions.size(), " transactions");
     CHECK(transactions.size() < 50);
+  }
+
+  TEST_CASE_FIXTURE(actor_fixture,
+                    "a commit hook runs on the worker before the reply, only for appends that "
+                    "committed") {
+    REQUIRE(store.append("acct-2", expected_version::no_stream(), {event("test.happened")}));
+    std::mutex m;
+    std::vector<std::pair<std::string, int64_t>> hooked; // stream, version, in the order run
+    auto hook = [&](std::string stream) {
+      return std::make_shared<const std::function<void(const mire::append_result&)>>(
+          [&, stream](const mire::append_result& r) {
+            std::lock_guard lock{m};
+            hooked.emplace_back(stream, r.version);
+          });
+    };
+    auto h = spawn({1, 300ms, 256}); // the three go as one group
+    caf::scoped_actor self{*sys};
+    using handle = decltype(self->request(h, 10s, append_atom::value,
+                                          append("x", expected_version::any()), hook("x")));
+    std::vector<handle> pending;
+    pending.push_back(self->request(h, 10s, append_atom::value,
+                                    append("acct-1", expected_version::no_stream()),
+                                    hook("acct-1")));
+    pending.push_back(self->request(h, 10s, append_atom::value,
+                                    append("acct-2", expected_version::exactly(5)),
+                                    hook("acct-2"))); // stale
+    pending.push_back(self->request(h, 10s, append_atom::value,
+                                    append("acct-3", expected_version::no_stream(), 2),
+                                    hook("acct-3")));
+    const char* streams[] = {"acct-1", "acct-2", "acct-3"};
+    for (std::size_t i = 0; i < pending.size(); ++i)
+      pending[i].receive(
+          [&](mire::append_result& r) {
+            // The hook ran before this reply was sent, with the same outcome.
+            std::lock_guard lock{m};
+            CHECK(std::count(hooked.begin(), hooked.end(), std::pair{std::string(streams[i]),
+                                                                   r.version}) == 1);
+          },
+          [&](caf::error& e) {
+            CHECK(mire::actors::from_caf(e).code == errc::version_conflict);
+            CHECK(i == 1);
+          });
+    std::lock_guard lock{m};
+    CHECK(hooked == std::vector<std::pair<std::string, int64_t>>{{"acct-1", 1}, {"acct-3", 2}});
+  }
+
+  TEST_CASE_FIXTURE(actor_fixture,
+                    "while a group commits, appends wait for as many to be ready rather than "
+                    "leave alone") {
+    // An uncommitted append to "held" keeps the group that appends there waiting in Postgres.
+    auto blocker = store.begin().value();
+    REQUIRE(blocker.append("held", expected_version::no_stream(), {event("test.blocker")}));
+    auto h = spawn({2, 100ms, 256});
+    caf::scoped_actor self{*sys};
+    using handle = decltype(self->request(h, 10s, append_atom::value,
+                                          append("x", expected_version::any())));
+    std::vector<handle> pending;
+    // One group of three (the window gathers them); it waits for the blocker.
+    for (const char* s : {"held", "a", "b"})
+      pending.push_back(
+          self->request(h, 10s, append_atom::value, append(s, expected_version::no_stream())));
+    std::this_thread::sleep_for(300ms);
+    // Two more, with a worker idle: they wait for a third rather than leave as a group of two.
+    for (const char* s : {"c", "d"})
+      pending.push_back(
+          self->request(h, 10s, append_atom::value, append(s, expected_version::no_stream())));
+    std::this_thread::sleep_for(500ms); // five windows
+    CHECK(store.stream_version("a").value() == 0);
+    CHECK(store.stream_version("c").value() == 0);
+    CHECK(store.stream_version("d").value() == 0);
+    blocker.rollback();
+    for (auto& p : pending)
+      p.receive([](mire::append_result& r) { CHECK(r.version == 1); },
+                [](caf::error& e) { FAIL(mire::actors::from_caf(e).what()); });
+    // Once the first group was done, the two left together.
+    CHECK(store.read_stream("c").value().at(0).transaction_id ==
+          store.read_stream("d").value().at(0).transaction_id);
+    CHECK(store.read_stream("a").value().at(0).transaction_id !=
+          store.read_stream("c").value().at(0).transaction_id);
   }
 
   TEST_CASE_FIXTURE(actor_fixture, "a load returns a usable snapshot and the events after it") {

@@ -7,15 +7,20 @@
 //
 // Protocol (errors are caf::error of category "mire", see errors.hpp):
 //   (append_atom, stream_append)  -> append_result   version_conflict for a stale expectation
+//   (append_atom, stream_append, commit_hook) -> append_result
+//                                 the same; the hook also runs the moment the append commits
 //   (load_atom, load_request)     -> stream_load     a snapshot (if usable) and the events after
 //   (snapshot_atom, snapshot)     -> ()              saves a snapshot (reply only to requests)
 //   (flush_atom)                                     the group window's timer (internal)
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/atom.hpp>
 #include <caf/fwd.hpp>
 #include <caf/replies_to.hpp>
@@ -55,9 +60,17 @@ template <class Inspector> typename Inspector::result_type inspect(Inspector& f,
   return f(caf::meta::type_name("stream_load"), x.has_snapshot, x.snapshot, x.events);
 }
 
+/// Runs on a store worker's thread the moment an append has committed, before the reply travels
+/// back through the actors: a plain thread waiting for the outcome (runtime::send) goes on one
+/// thread hop earlier. It must be quick and must not block. It does not run when the append
+/// fails.
+using commit_hook = std::shared_ptr<const std::function<void(const mire::append_result&)>>;
+
 /// Handle of a store actor.
 using store_actor =
     caf::typed_actor<caf::replies_to<append_atom, mire::stream_append>::with<mire::append_result>,
+                     caf::replies_to<append_atom, mire::stream_append,
+                                     commit_hook>::with<mire::append_result>,
                      caf::replies_to<load_atom, load_request>::with<stream_load>,
                      caf::reacts_to<snapshot_atom, mire::snapshot>, caf::reacts_to<flush_atom>>;
 
@@ -68,3 +81,5 @@ result<store_actor> spawn_store_actor(caf::actor_system& system, event_store sto
                                       store_actor_options options = {});
 
 } // namespace mire::actors
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mire::actors::commit_hook)
