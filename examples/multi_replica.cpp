@@ -183,26 +183,29 @@ int main(int argc, char** argv) {
     stop_all();
     return 1;
   }
-  std::cout << "driver: " << before->owner << " (fence " << before->fence_token << "); read model "
+  // The lease row names the holder: the replica id and the tag of its lease actor.
+  const std::string dead{mire::holder_owner(before->owner)};
+  std::cout << "driver: " << dead << " (fence " << before->fence_token << "); read model "
             << ids.size() << " accounts, total " << total << std::endl;
 
   // The driver dies without a word: no release, its lease runs out on the database clock.
-  kill(replicas[before->owner], SIGKILL);
-  waitpid(replicas[before->owner], nullptr, 0);
-  replicas.erase(before->owner);
+  kill(replicas[dead], SIGKILL);
+  waitpid(replicas[dead], nullptr, 0);
+  replicas.erase(dead);
   example::stopwatch takeover;
   const bool wrote = commands(10); // written while nobody drives: applied after the takeover
   std::optional<mire::lease_info> after;
   const bool taken = eventually(30s, [&] {
     after = driver(store);
-    return after && after->owner != before->owner;
+    return after && mire::holder_owner(after->owner) != dead;
   });
   if (!wrote || !taken) {
     std::cout << "FAILED: no takeover\n";
     stop_all();
     return 1;
   }
-  std::cout << "killed " << before->owner << " (SIGKILL); " << after->owner << " took over after "
+  std::cout << "killed " << dead << " (SIGKILL); " << mire::holder_owner(after->owner)
+            << " took over after "
             << (takeover.ms() < lease_ttl.count() + 1500 ? "about the lease ttl" : "too long")
             << " (" << static_cast<int>(takeover.ms()) << " ms, ttl " << lease_ttl.count()
             << " ms), fence " << after->fence_token << std::endl;

@@ -109,6 +109,7 @@ caf::behavior projection_worker(caf::stateful_actor<worker_state>* self, store_o
 struct runner_state {
   runner_options options;
   lease_options lease;
+  std::string holder; // the current lease actor's owner id (holder_id of options.owner)
   store_options db;
   std::string resource;
   caf::actor lease_actor;
@@ -165,8 +166,7 @@ void kick(runner_self self) {
     return;
   st.busy = true;
   const auto epoch = st.epoch;
-  self->request(st.worker, caf::infinite, step_atom::value, st.resource, st.options.owner,
-                *st.fence)
+  self->request(st.worker, caf::infinite, step_atom::value, st.resource, st.holder, *st.fence)
       .then(
           [self, epoch](step_reply& r) {
             auto& st = self->state;
@@ -200,13 +200,17 @@ void kick(runner_self self) {
 // Spawns the lease actor (again, after it died): the runner owns it and watches it.
 void spawn_lease(runner_self self) {
   auto& st = self->state;
-  auto a = spawn_lease_actor(self->system(), st.db, st.lease, caf::actor_cast<caf::actor>(self));
+  auto lease = st.lease;
+  lease.owner = holder_id(st.options.owner); // a new holder each time: see holder_id
+  auto a = spawn_lease_actor(self->system(), st.db, lease, caf::actor_cast<caf::actor>(self));
   if (!a) { // options were validated before: only a broken system gets here
     st.status.last_error = "cannot start the lease actor: " + a.error().what();
     self->delayed_send(self, st.options.max_backoff, respawn_atom::value);
     return;
   }
   st.lease_actor = *a;
+  st.holder = lease.owner;
+  st.status.owner = st.holder;
   self->monitor(st.lease_actor);
 }
 
@@ -218,7 +222,6 @@ caf::behavior runner_actor(runner_self self, runner_options options, store_optio
   st.lease = std::move(lease);
   st.db = db;
   st.status.name = def.name;
-  st.status.owner = st.options.owner;
   st.cancel = std::make_shared<std::atomic<bool>>(false);
   st.worker =
       self->spawn<caf::detached + caf::linked>(projection_worker, db, std::move(def), st.cancel);

@@ -2,6 +2,8 @@
 // run with a statement timeout so a holder never waits past its own lease.
 #include "mire/store/lease.hpp"
 
+#include "mire/store/uuid.hpp"
+
 #include <fmt/format.h>
 
 #include "access.hpp"
@@ -91,6 +93,15 @@ result<pg::rows> run_bounded(event_store& store, std::string_view name, std::str
 }
 
 } // namespace
+
+std::string holder_id(std::string_view owner) {
+  return std::string(owner) + "#" + new_uuid().substr(24); // the uuid's last 48 random bits
+}
+
+std::string_view holder_owner(std::string_view holder) {
+  const auto tag = holder.rfind('#');
+  return tag == std::string_view::npos ? holder : holder.substr(0, tag);
+}
 
 result<std::optional<lease>> acquire_lease(event_store& store, std::string_view resource,
                                            std::string_view owner, std::chrono::milliseconds ttl) {

@@ -23,6 +23,7 @@
 #include "mire/actors/errors.hpp"
 #include "mire/actors/projection.hpp"
 #include "mire/store/embedded_postgres.hpp"
+#include "mire/store/lease.hpp"
 #include "mire/store/projection.hpp"
 #include "support/acct.hpp"
 #include "support/pg_harness.hpp"
@@ -157,7 +158,32 @@ TEST_SUITE("pg") {
     CHECK(view(store) == fold(store));
     auto st = mire::projection_status_of(store, "balances");
     CHECK(st->events_applied == 500);
-    CHECK(st->owner == (s1.held ? "replica-2" : "replica-1"));
+    CHECK(mire::holder_owner(st->owner) == (s1.held ? "replica-2" : "replica-1"));
+  }
+
+  TEST_CASE_FIXTURE(runner_fixture,
+                    "two runners under one replica id (a frozen process and its replacement) "
+                    "never both hold the lease") {
+    append_deposits(store, 3, 10);
+    auto first = spawn("replica-1");
+    REQUIRE(eventually([&] { return status(first).held; }));
+    const auto held_first = status(first);
+    auto second = spawn("replica-1");
+    // Four renew intervals: the first keeps its lease, the second does not get it beside it.
+    for (int i = 0; i < 40; ++i) {
+      const auto a = status(first), b = status(second);
+      const bool both = a.held && b.held;
+      REQUIRE_FALSE_MESSAGE(both, "both hold fence ", a.fence_token, " / ", b.fence_token);
+      std::this_thread::sleep_for(50ms);
+    }
+    CHECK(status(first).held);
+    CHECK(status(first).owner != status(second).owner);
+    // The first one stops (releasing): the second takes over with a fence of its own.
+    caf::anon_send_exit(first, caf::exit_reason::user_shutdown);
+    REQUIRE(eventually([&] { return status(second).held; }));
+    CHECK(status(second).fence_token > held_first.fence_token);
+    REQUIRE(eventually([&] { return caught_up(); }));
+    CHECK(view(store) == fold(store));
   }
 
   TEST_CASE_FIXTURE(runner_fixture, "a runner parks a poison event and goes on") {

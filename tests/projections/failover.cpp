@@ -118,7 +118,7 @@ std::optional<owner_info> owner(mire::event_store& store) {
     return std::nullopt;
   for (const auto& l : *leases)
     if (l.resource == mire::projection_resource("counts") && l.held)
-      return owner_info{l.owner, l.fence_token};
+      return owner_info{std::string(mire::holder_owner(l.owner)), l.fence_token};
   return std::nullopt;
 }
 

@@ -26,7 +26,8 @@ using lease_lost_atom = caf::atom_constant<caf::atom("lease_lost")>;
 /// One resource's lease and its timing.
 struct lease_options {
   std::string resource;                ///< e.g. "projection:balances"
-  std::string owner;                   ///< unique per holder: replica id (+ purpose)
+  /// Unique per holder, one holder per lease actor: mire::holder_id(replica id (+ purpose)).
+  std::string owner;
   std::chrono::milliseconds ttl{5000}; ///< lease length, on the database clock
   /// How often to renew while held, or to try to acquire while not; 0 = ttl / 3.
   std::chrono::milliseconds renew_every{0};

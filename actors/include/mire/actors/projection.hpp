@@ -37,7 +37,7 @@ struct runner_options {
 /// What a runner knows about its projection (the store's view: projection_status_of()).
 struct runner_status {
   std::string name;
-  std::string owner;
+  std::string owner;       ///< holder id of its lease actor: "<replica id>#<tag>"
   bool held = false;       ///< holds the lease, so drives the projection
   int64_t fence_token = 0; ///< of the lease held last
   checkpoint position;     ///< live generation's checkpoint after the last step

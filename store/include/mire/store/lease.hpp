@@ -22,6 +22,17 @@ struct lease {
   int64_t fence_token = 0; ///< grows on every change of hands; writes check it
 };
 
+/// `owner` + "#" + a random tag: an id for one holder (one lease actor, one incarnation of a
+/// process). A lease row that an earlier holder under the same owner id left live (a frozen
+/// process and its replacement; a runner's previous lease actor whose release is still on its
+/// way) is then not taken over with its fence unchanged, and that predecessor's late renew or
+/// release cannot touch the new holder's lease.
+std::string holder_id(std::string_view owner);
+
+/// The owner id a holder id was made from ("replica-1#3fa94c0e21d7" -> "replica-1"); an id
+/// without a tag is returned whole.
+std::string_view holder_owner(std::string_view holder);
+
 /// A lease row as stored, for status displays.
 struct lease_info {
   std::string resource;
