@@ -202,12 +202,20 @@ int run_read(const context& ctx, const command_line& cl) {
   }
 }
 
+result<checkpoint> read_start(const log_read_options& o, event_store& store) {
+  return o.after_end ? store.log_head() : result<checkpoint>{o.after};
+}
+
 result<log_read_options> log_read_options_of(const command_line& cl) {
   log_read_options o;
-  if (const auto* text = cl.value("after")) {
+  if (const auto* text = cl.value("after"); text && *text == "end") {
+    o.after_end = true;
+  } else if (text) {
     auto c = checkpoint::parse(*text);
     if (!c)
-      return c.error();
+      return bad_input(fmt::format("--after {}: a checkpoint is TXID:POSITION (as printed with "
+                                   "each event), or end",
+                                   printable(*text)));
     o.after = *c;
   }
   if (const auto* text = cl.value("limit")) {
@@ -229,16 +237,18 @@ int run_read_all(const context& ctx, const command_line& cl) {
   auto o = log_read_options_of(cl);
   if (!o)
     return ctx.fail(o.error());
-  auto after = o->after;
   const auto limit = o->limit;
 
   auto store = ctx.open_store();
   if (!store)
     return ctx.fail(store.error());
+  auto after = read_start(*o, *store);
+  if (!after)
+    return ctx.fail(after.error());
   int64_t printed = 0;
   while (!limit || printed < *limit) {
     const auto want = limit ? std::min<std::size_t>(page_size, *limit - printed) : page_size;
-    auto page = store->read_all(after, want, o->category);
+    auto page = store->read_all(*after, want, o->category);
     if (!page)
       return ctx.fail(page.error());
     // A short page is not the end: events of transactions still in flight come later. Only an
@@ -248,7 +258,7 @@ int run_read_all(const context& ctx, const command_line& cl) {
     for (const auto& e : page->events)
       print_event(ctx, e);
     printed += static_cast<int64_t>(page->events.size());
-    after = page->next;
+    *after = page->next;
   }
   return 0;
 }

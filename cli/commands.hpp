@@ -50,9 +50,12 @@ result<std::string> category_option(const command_line& cl);
 /// the start), --limit N (default: no limit), --category CAT (default: every category).
 struct log_read_options {
   checkpoint after = checkpoint::start();
+  bool after_end = false; ///< --after end: from the log's head when the command starts
   std::optional<int64_t> limit;
   std::string category;
 };
 result<log_read_options> log_read_options_of(const command_line& cl);
+/// Where the read starts: `after`, or the log's head for --after end.
+result<checkpoint> read_start(const log_read_options& o, event_store& store);
 
 } // namespace mire::cli

@@ -44,9 +44,10 @@ commands:
                              an order no reader can skip an event through; pass the
                              last event's checkpoint back as --after to continue
   streams [--category CAT]   the streams and their versions
-  tail [--after CHECKPOINT] [--category CAT] [--type T[,T...]] [--limit N]
+  tail [--after CHECKPOINT|end] [--category CAT] [--type T[,T...]] [--limit N]
                              follow the global log live: the events after CHECKPOINT
-                             (default: from the start) in read-all's order, then each
+                             (default: from the start; end: only what comes from now
+                             on, never skipping one) in read-all's order, then each
                              new one as it commits, never skipping one; --type keeps
                              the events of those types; ends after N events, or at
                              SIGINT/SIGTERM (exit 0, after the page in hand); while
@@ -152,7 +153,8 @@ output (--json, one object per line):
                "lag_seconds", "parked", "last_event_at", "updated_at",
                "rebuild_requested", "rebuild"}; rebuild is null or {"generation",
               "checkpoint", "events_applied", "lag_events"}; owner is the last holder
-              (null: never held) and lease_held whether it holds the lease now
+              (a runner's is "<replica id>#<tag>", one tag per lease actor; null: never
+              held) and lease_held whether it holds the lease now
   projection rebuild
               progress {"name", "generation", "events_applied", "lag_events",
               "percent", "events_per_second", "owner"}; when no replica drives it

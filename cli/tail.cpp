@@ -66,7 +66,6 @@ int run_tail(const context& ctx, const command_line& cl) {
   auto o = log_read_options_of(cl);
   if (!o)
     return ctx.fail(o.error());
-  auto after = o->after;
   const auto limit = o->limit;
   auto types = types_option(cl);
   if (!types)
@@ -81,6 +80,10 @@ int run_tail(const context& ctx, const command_line& cl) {
   // and the wait after it still wakes the wait. If it cannot listen, it polls.
   log_listener listener(*store);
   (void)listener.connect();
+  auto start = read_start(*o, *store);
+  if (!start)
+    return ctx.fail(start.error());
+  auto after = *start;
 
   int64_t printed = 0;
   bool first_read = true;

@@ -279,6 +279,9 @@ caf::behavior runner_actor(runner_self self, runner_options options, store_optio
 
 } // namespace
 
+// A lease owner is at most 512 bytes; holder_id adds 13 ("#" and a 12-digit tag).
+constexpr std::size_t max_owner_bytes = 512 - 13;
+
 result<caf::actor> spawn_projection_runner(caf::actor_system& system, const event_store& store,
                                            projection_definition definition,
                                            runner_options options) {
@@ -291,7 +294,11 @@ result<caf::actor> spawn_projection_runner(caf::actor_system& system, const even
   // Checks the definition now (no database call) rather than in the worker.
   if (auto p = projector::create(store, definition); !p)
     return p.error();
-  // The resource names the projection, so the replica id alone tells holders apart.
+  // The resource names the projection; each lease actor holds it as holder_id(replica id).
+  if (options.owner.size() > max_owner_bytes)
+    return bad_input("projection runner owner (replica id) must be at most " +
+                     std::to_string(max_owner_bytes) + " bytes, got " +
+                     std::to_string(options.owner.size()));
   lease_options lease{projection_resource(definition.name), options.owner, options.lease_ttl};
   if (auto ok = validate(lease); !ok)
     return ok.error();

@@ -577,6 +577,8 @@ caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate
       [self](reply_atom, uint64_t token, caf::error& e) { settle(self, token, std::move(e)); },
       // Passivation: with nothing sent to it unanswered, no command can be on its way to the
       // actor, so forgetting it now is safe; the next command for the id spawns a fresh one.
+      // (A slot settled at commit may leave the actor still applying those events: the fresh
+      // actor reads them from the log.)
       [self](idle_atom, const std::string& id) {
         auto& st = self->state;
         auto it = st.actors.find(id);

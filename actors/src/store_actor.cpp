@@ -90,16 +90,23 @@ caf::behavior store_worker(caf::event_based_actor*, std::shared_ptr<event_store>
   return {
       [store](group_atom, std::vector<stream_append>& group,
               const std::vector<commit_hook>& hooks) -> std::vector<append_outcome> {
+        std::vector<append_outcome> outcomes;
         try {
-          auto outcomes = commit(*store, group);
-          for (std::size_t i = 0; i < outcomes.size(); ++i)
-            if (hooks[i] && !outcomes[i].error)
-              (*hooks[i])(outcomes[i].value);
-          return outcomes;
+          outcomes = commit(*store, group);
         } catch (const std::exception& ex) {
           return std::vector<append_outcome>(group.size(),
                                              append_outcome{{}, internal_error("append", ex)});
         }
+        // After the commit, and each on its own: a hook that throws changes no outcome.
+        for (std::size_t i = 0; i < outcomes.size(); ++i) {
+          if (hooks[i] && !outcomes[i].error) {
+            try {
+              (*hooks[i])(outcomes[i].value);
+            } catch (...) { // the reply still carries the outcome
+            }
+          }
+        }
+        return outcomes;
       },
       [store](load_atom, load_request& req) -> caf::result<stream_load> {
         try {
@@ -245,6 +252,13 @@ void send_group(coordinator self, caf::actor worker, std::vector<queued_append> 
           });
 }
 
+// A failed load or snapshot is the worker's answer: the worker is free again. Only a worker
+// that is gone (it is linked: the store actor is going down too) is not taken back.
+void release_after(coordinator self, caf::actor worker, const caf::error& e) {
+  if (e != caf::sec::request_receiver_down)
+    release(self, std::move(worker));
+}
+
 void send_alone(coordinator self, caf::actor worker, job j) {
   if (auto* l = std::get_if<queued_load>(&j)) {
     auto rp = std::move(l->rp);
@@ -254,7 +268,10 @@ void send_alone(coordinator self, caf::actor worker, job j) {
               rp.deliver(std::move(out));
               release(self, worker);
             },
-            [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
+            [self, worker, rp](caf::error& e) mutable {
+              rp.deliver(e);
+              release_after(self, worker, e);
+            });
   } else if (auto* s = std::get_if<queued_snapshot>(&j)) {
     auto rp = std::move(s->rp);
     self->request(worker, caf::infinite, snapshot_atom::value, std::move(s->snap))
@@ -263,27 +280,31 @@ void send_alone(coordinator self, caf::actor worker, job j) {
               rp.deliver(caf::unit);
               release(self, worker);
             },
-            [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
+            [self, worker, rp](caf::error& e) mutable {
+              rp.deliver(e);
+              release_after(self, worker, e);
+            });
   }
 }
 
+// How long ready appends wait for company while a group commits (see wait_for_company): about
+// one commit's time; a group held up in Postgres (a lock, rule 6) keeps nobody waiting longer.
+constexpr auto company_wait = std::chrono::milliseconds(2);
+
 // Whether the ready appends (the oldest first) should wait for company rather than leave now.
 // Balanced groups: while a group commits, the next one leaves once as many appends are ready as
-// the largest group in flight has, or when a group is done. Leaving at once with whatever is
-// ready would split a steady load into one big group and many single appends (each one costs a
-// commit); waiting for one group's time at most lets appends that arrive meanwhile join. With
-// nothing in flight an append leaves at once (unless a group window is set): a lone caller does
-// not wait.
+// the largest group in flight has, when a group is done, or after company_wait. Leaving at once
+// with whatever is ready would split a steady load into one big group and many single appends
+// (each one costs a commit). With nothing in flight an append leaves at once (unless a group
+// window is set): a lone caller does not wait.
 bool wait_for_company(coordinator self, const queued_append& oldest, std::size_t ready,
                       bool window_over) {
   auto& st = self->state;
-  if (ready >= st.options.max_group)
+  if (ready >= st.options.max_group || window_over)
     return false;
+  auto due = oldest.arrived + st.options.group_window;
   if (!st.group_sizes.empty() && ready < *st.group_sizes.rbegin())
-    return true;
-  if (window_over || st.options.group_window.count() == 0)
-    return false;
-  const auto due = oldest.arrived + st.options.group_window;
+    due = std::max(due, oldest.arrived + company_wait);
   const auto now = clock::now();
   if (now >= due)
     return false;
@@ -294,19 +315,20 @@ bool wait_for_company(coordinator self, const queued_append& oldest, std::size_t
   return true;
 }
 
-// Hands queued work to idle workers: loads and snapshots at once, appends as groups (see
-// wait_for_company). Group commit comes from the rest: whatever queued up while the workers
-// were busy leaves together.
+// Hands queued work to idle workers, in arrival order: a load or snapshot at once, appends as
+// groups (see wait_for_company; a load behind waiting appends goes ahead of them). Group commit
+// comes from the rest: whatever queued up while the workers were busy leaves together.
 void dispatch(coordinator self, bool window_over) {
   auto& st = self->state;
   while (!st.idle.empty()) {
-    const queued_append* oldest = nullptr;
+    auto first_append = st.queue.end(); // the oldest ready append
+    auto alone = st.queue.end();        // the first load or snapshot
     std::size_t ready_appends = 0;
-    auto alone = st.queue.end(); // the first ready load or snapshot
     for (auto it = st.queue.begin(); it != st.queue.end(); ++it) {
       if (auto* a = std::get_if<queued_append>(&*it)) {
         if (ready(st, *it)) {
-          oldest = oldest ? oldest : a;
+          if (first_append == st.queue.end())
+            first_append = it;
           ++ready_appends;
         }
       } else if (alone == st.queue.end()) {
@@ -318,7 +340,10 @@ void dispatch(coordinator self, bool window_over) {
       st.idle.pop_back();
       return w;
     };
-    if (oldest != nullptr && !wait_for_company(self, *oldest, ready_appends, window_over)) {
+    const bool appends_first = first_append != st.queue.end() &&
+                               (alone == st.queue.end() || first_append < alone);
+    if (appends_first && !wait_for_company(self, std::get<queued_append>(*first_append),
+                                           ready_appends, window_over)) {
       send_group(self, worker(), take_group(st));
     } else if (alone != st.queue.end()) {
       job j = std::move(*alone);

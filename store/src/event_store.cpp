@@ -265,6 +265,10 @@ result<std::vector<recorded_event>> event_store::read_stream(std::string_view st
   return r;
 }
 
+result<checkpoint> event_store::log_head() {
+  return with_connection(impl_, [&](pg::connection& c) { return detail::log_head(c, impl_->sql); });
+}
+
 result<int64_t> event_store::stream_version(std::string_view stream_id) {
   if (auto ok = detail::check_stream_id(stream_id); !ok)
     return ok.error();

@@ -226,6 +226,10 @@ RETURNING version, global_position)sql");
                "WHERE (transaction_id, global_position) > ($1::xid8, $2::bigint) "
                "AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) "
                "ORDER BY transaction_id, global_position LIMIT $3");
+  // The last event below the horizon: read_all after it skips nothing (see event_store::log_head).
+  log_head = s("SELECT transaction_id, global_position FROM {s}.events "
+               "WHERE transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) "
+               "ORDER BY transaction_id DESC, global_position DESC LIMIT 1");
   read_category = s("SELECT stream_id, " + cols + " FROM {s}.events "
                     "WHERE category = $4 AND (transaction_id, global_position) > ($1::xid8, $2::bigint) "
                     "AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) "
@@ -520,6 +524,15 @@ result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoin
     page.events.push_back(to_event(*r, i, 1, r->str(i, 0)));
   page.next = page.events.empty() ? after : page.events.back().checkpoint();
   return page;
+}
+
+result<checkpoint> log_head(pg::connection& conn, const statements& sql) {
+  auto r = conn.query("mire_log_head", sql.log_head, {});
+  if (!r)
+    return r.error();
+  if (r->empty())
+    return checkpoint::start();
+  return checkpoint{r->uint64(0, 0), r->int64(0, 1)};
 }
 
 recorded_event event_row(const pg::rows& r, int row) {

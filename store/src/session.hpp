@@ -16,7 +16,7 @@ namespace mire::detail {
 struct statements {
   explicit statements(std::string_view schema);
   std::string append_one, append_one_known, append_one_any, append_many, append_many_any,
-      find_event_ids, stream_version, read_stream, read_all, read_category, read_types,
+      find_event_ids, stream_version, read_stream, read_all, log_head, read_category, read_types,
       read_category_types, streams_all, streams_category, load_snapshot, save_snapshot, batch_heads,
       batch_copy, batch_positions, append_group_exact, append_group_set, append_group;
 };
@@ -42,6 +42,7 @@ result<int64_t> stream_version(pg::connection& conn, const statements& sql,
                                std::string_view stream_id);
 result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoint after,
                           std::size_t limit, std::string_view category);
+result<checkpoint> log_head(pg::connection& conn, const statements& sql);
 result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoint after,
                           std::size_t limit, const log_filter& filter);
 /// Reads the columns "stream_id, <event columns>" of row `row`.

@@ -239,38 +239,53 @@ TEST_SUITE("pg") {
   }
 
   TEST_CASE_FIXTURE(actor_fixture,
-                    "while a group commits, appends wait for as many to be ready rather than "
-                    "leave alone") {
+                    "appends wait for company behind a group only briefly: a group held up in "
+                    "Postgres does not hold up appends to other streams") {
     // An uncommitted append to "held" keeps the group that appends there waiting in Postgres.
     auto blocker = store.begin().value();
     REQUIRE(blocker.append("held", expected_version::no_stream(), {event("test.blocker")}));
-    auto h = spawn({2, 100ms, 256});
+    auto h = spawn({2, 50ms, 3});
     caf::scoped_actor self{*sys};
     using handle = decltype(self->request(h, 10s, append_atom::value,
                                           append("x", expected_version::any())));
     std::vector<handle> pending;
-    // One group of three (the window gathers them); it waits for the blocker.
+    // A full group of three (max_group) leaves as soon as it is gathered, and waits for the
+    // blocker.
     for (const char* s : {"held", "a", "b"})
       pending.push_back(
           self->request(h, 10s, append_atom::value, append(s, expected_version::no_stream())));
-    std::this_thread::sleep_for(300ms);
-    // Two more, with a worker idle: they wait for a third rather than leave as a group of two.
+    std::this_thread::sleep_for(200ms);
+    // Two more, fewer than the group in flight: they wait for company, then go together to the
+    // idle worker while the first group is still stuck.
     for (const char* s : {"c", "d"})
       pending.push_back(
           self->request(h, 10s, append_atom::value, append(s, expected_version::no_stream())));
-    std::this_thread::sleep_for(500ms); // five windows
-    CHECK(store.stream_version("a").value() == 0);
-    CHECK(store.stream_version("c").value() == 0);
-    CHECK(store.stream_version("d").value() == 0);
-    blocker.rollback();
-    for (auto& p : pending)
-      p.receive([](mire::append_result& r) { CHECK(r.version == 1); },
-                [](caf::error& e) { FAIL(mire::actors::from_caf(e).what()); });
-    // Once the first group was done, the two left together.
+    pending[4].receive([](mire::append_result& r) { CHECK(r.version == 1); },
+                       [](caf::error& e) { FAIL(mire::actors::from_caf(e).what()); });
+    pending[3].receive([](mire::append_result& r) { CHECK(r.version == 1); },
+                       [](caf::error& e) { FAIL(mire::actors::from_caf(e).what()); });
+    CHECK(store.stream_version("a").value() == 0); // still stuck behind the blocker
     CHECK(store.read_stream("c").value().at(0).transaction_id ==
           store.read_stream("d").value().at(0).transaction_id);
-    CHECK(store.read_stream("a").value().at(0).transaction_id !=
-          store.read_stream("c").value().at(0).transaction_id);
+    blocker.rollback();
+    for (std::size_t i = 0; i < 3; ++i)
+      pending[i].receive([](mire::append_result& r) { CHECK(r.version == 1); },
+                         [](caf::error& e) { FAIL(mire::actors::from_caf(e).what()); });
+    CHECK(store.stream_version("a").value() == 1);
+  }
+
+  TEST_CASE_FIXTURE(actor_fixture, "a failed load gives its worker back") {
+    auto h = spawn({1, 0us, 256});
+    caf::scoped_actor self{*sys};
+    for (int i = 0; i < 3; ++i) // more failures than workers
+      self->request(h, 10s, load_atom::value, mire::actors::load_request{"", 1, -1})
+          .receive([](mire::actors::stream_load&) { FAIL("a load of stream '' succeeded"); },
+                   [](caf::error& e) {
+                     CHECK(mire::actors::from_caf(e).code == errc::bad_input);
+                   });
+    self->request(h, 10s, append_atom::value, append("after-1", expected_version::no_stream()))
+        .receive([](mire::append_result& r) { CHECK(r.version == 1); },
+                 [](caf::error& e) { FAIL(mire::actors::from_caf(e).what()); });
   }
 
   TEST_CASE_FIXTURE(actor_fixture, "a load returns a usable snapshot and the events after it") {

@@ -31,7 +31,7 @@ run help
 expect_rc 0 "help"
 expect_in "$out" "read-all [--after CHECKPOINT]" "help"
 # The commands of tests/cli/projections_test.sh are documented too.
-for usage in "tail [--after CHECKPOINT]" "projections " "projection rebuild NAME" \
+for usage in "tail [--after CHECKPOINT|end]" "projections " "projection rebuild NAME" \
   "projection reset NAME --to CHECKPOINT|start" "projection resume NAME" \
   "projection dead-letters NAME" "projection skip ID" "projection retry ID" "leases "; do
   expect_in "$out" "$usage" "help"

@@ -106,6 +106,7 @@ bad "--to" projection resume nope --to start
 bad "'extra'" projections extra
 bad "'extra'" leases extra
 bad "'nope'" tail --after nope
+bad "'End'" read-all --after End
 bad "'0'" tail --limit 0
 bad "'a-b'" tail --category a-b
 bad "'bad type'" tail --type 'bad type'
@@ -157,6 +158,29 @@ expected_rest=$(ids "$out")
 run --json tail --after "$sixth" --limit 2
 expect_rc 0 "tail --after"
 [[ $(ids "$out") == "$expected_rest" ]] || fail "tail --after $sixth --limit 2: $out"
+
+echo "== tail --after end: only events that come after it started"
+run --json read-all
+before=$(ids "$out")
+timeout 60 "$MIRE" --json tail --after end --limit 1 >"$MIRE_HOME/tail_end" 2>&1 &
+pid=$!
+background+=("$pid")
+# Appends until the tail prints one: whatever it prints must be newer than what was there.
+for i in $(seq 1 100); do
+  append "late-$i" added
+  has_lines "$MIRE_HOME/tail_end" 1 && break
+  sleep 0.1
+done
+wait "$pid"
+rc=$?
+background=()
+printed=$(ids "$(cat "$MIRE_HOME/tail_end")")
+[[ $rc -eq 0 && -n $printed && $printed == *-*-*-*-* ]] ||
+  fail "tail --after end --limit 1 (exit $rc): $(cat "$MIRE_HOME/tail_end")"
+[[ $before != *"$printed"* ]] || fail "tail --after end printed an event from before it started"
+run --json read-all --after end
+expect_rc 0 "read-all --after end"
+[[ -z $out ]] || fail "read-all --after end printed: $out"
 
 echo "== tail: SIGTERM and SIGINT end it with exit 0"
 for signal in TERM INT; do

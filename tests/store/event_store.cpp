@@ -613,6 +613,26 @@ TEST_SUITE("pg") {
     CHECK(store.streams().value().size() == 12);
   }
 
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "the log's head stops below a transaction still open: reading after it "
+                    "skips nothing that commits later") {
+    CHECK(store.log_head().value() == mire::checkpoint::start()); // an empty log
+    REQUIRE(store.append("acct-1", expected_version::no_stream(), {ev("first")}));
+    raw_connection held{url};
+    held.exec("BEGIN; INSERT INTO mire.events (stream_id, version, event_id, event_type, payload) "
+              "VALUES ('acct-2', 1, gen_random_uuid(), 'late', '{}')");
+    REQUIRE(store.append("acct-3", expected_version::no_stream(), {ev("after")}));
+    // "after" committed, but the open transaction is older: the head is still "first".
+    const auto head = store.log_head().value();
+    CHECK(head == store.read_stream("acct-1").value().at(0).checkpoint());
+    held.exec("COMMIT");
+    auto page = store.read_all(head, 10).value();
+    REQUIRE(page.events.size() == 2);
+    CHECK(page.events[0].type == "late");
+    CHECK(page.events[1].type == "after");
+    CHECK(store.log_head().value() == page.events[1].checkpoint());
+  }
+
   TEST_CASE_FIXTURE(
       mire::test::pg_fixture,
       "hostile strings in stream ids and data are stored verbatim and read back equal") {

@@ -91,6 +91,12 @@ public:
   /// checkpoint, so events skipped by the filter are scanned again by the next read.
   result<log_page> read_all(checkpoint after, std::size_t limit, const log_filter& filter);
 
+  /// Where a reader that wants only what comes from now on starts: the checkpoint of the last
+  /// event below the visibility horizon (start() for an empty log). read_all after it skips
+  /// nothing; it may still return events that committed just before this call, while an older
+  /// transaction was open.
+  result<checkpoint> log_head();
+
   /// The streams (of one category, or all) with their versions, ordered by id.
   result<std::vector<stream_info>> streams(std::string_view category = {});
 
