@@ -1,17 +1,22 @@
-// The store actor: a coordinator that queues requests and forms groups, and blocking workers that
-// run them against the event store (see store_actor.hpp for the protocol).
+// The store actor: a coordinator that queues requests and answers them, and blocking workers that
+// take work from the queue (forming groups) and run it against the event store (see
+// store_actor.hpp for the protocol).
 #include "mire/actors/store_actor.hpp"
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
 #include <deque>
-#include <set>
 #include <exception>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
-#include <variant>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -19,13 +24,10 @@
 #include "mire/actors/errors.hpp"
 #include "mire/store/uuid.hpp"
 
-// The hooks of a group, beside its appends (local messages only, like the hooks themselves).
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<mire::actors::commit_hook>)
 
 namespace mire::actors {
 namespace {
 
-using group_atom = caf::atom_constant<caf::atom("group")>;
 using clock = std::chrono::steady_clock;
 
 /// One append's outcome within a group; `error` is empty on success.
@@ -83,319 +85,318 @@ caf::error internal_error(const char* what, const std::exception& ex) {
   return to_caf(mire::error{errc::internal, std::string(what) + ": " + ex.what()});
 }
 
-// A worker blocks on the database on its own thread. The store's calls report failures as
-// values; an exception (e.g. bad_alloc) is turned into an error instead of killing the worker,
-// whose death would take the store actor with it.
-caf::behavior store_worker(caf::event_based_actor*, std::shared_ptr<event_store> store) {
-  return {
-      [store](group_atom, std::vector<stream_append>& group,
-              const std::vector<commit_hook>& hooks) -> std::vector<append_outcome> {
-        std::vector<append_outcome> outcomes;
-        try {
-          outcomes = commit(*store, group);
-        } catch (const std::exception& ex) {
-          return std::vector<append_outcome>(group.size(),
-                                             append_outcome{{}, internal_error("append", ex)});
-        }
-        // After the commit, and each on its own: a hook that throws changes no outcome.
-        for (std::size_t i = 0; i < outcomes.size(); ++i) {
-          if (hooks[i] && !outcomes[i].error) {
-            try {
-              (*hooks[i])(outcomes[i].value);
-            } catch (...) { // the reply still carries the outcome
-            }
-          }
-        }
-        return outcomes;
-      },
-      [store](load_atom, load_request& req) -> caf::result<stream_load> {
-        try {
-          stream_load out;
-          int64_t from = req.from_version;
-          if (req.snapshot_schema >= 0) {
-            auto snap = store->load_snapshot(req.stream_id);
-            if (!snap)
-              return to_caf(snap.error());
-            if (*snap && (*snap)->schema_version == req.snapshot_schema &&
-                (*snap)->version >= from) {
-              out.has_snapshot = true;
-              out.snapshot = std::move(**snap);
-              from = out.snapshot.version + 1;
-            }
-          }
-          auto events = store->read_stream(req.stream_id, from);
-          if (!events)
-            return to_caf(events.error());
-          out.events = std::move(*events);
-          return out;
-        } catch (const std::exception& ex) {
-          return internal_error("load", ex);
-        }
-      },
-      [store](snapshot_atom, mire::snapshot& s) -> caf::result<void> {
-        try {
-          if (auto r = store->save_snapshot(s); !r)
-            return to_caf(r.error());
-          return caf::unit;
-        } catch (const std::exception& ex) {
-          return internal_error("save snapshot", ex);
-        }
-      },
-  };
-}
-
-struct queued_append {
-  stream_append append;
-  commit_hook hook;
-  caf::typed_response_promise<append_result> rp;
-  clock::time_point arrived;
-};
-struct queued_load {
-  load_request request;
-  caf::typed_response_promise<stream_load> rp;
-};
-struct queued_snapshot {
-  mire::snapshot snap;
-  caf::response_promise rp;
-};
-using job = std::variant<queued_append, queued_load, queued_snapshot>;
-
-/// An append taken into a group: whom to answer, which stream to release.
-struct member {
-  std::string stream_id;
-  caf::typed_response_promise<append_result> rp;
-};
-
-struct coordinator_state {
-  store_actor_options options;
-  std::vector<caf::actor> idle;              ///< workers waiting for work
-  std::deque<job> queue;                     ///< in arrival order
-  std::unordered_set<std::string> in_flight; ///< streams with an append being committed
-  std::multiset<std::size_t> group_sizes;    ///< of the groups being committed
-  bool timer_armed = false;
-  static inline const char* name = "mire.store";
-};
-
-using coordinator = store_actor::stateful_pointer<coordinator_state>;
-
-void dispatch(coordinator self, bool window_over);
-
-void release(coordinator self, caf::actor worker) {
-  self->state.idle.push_back(std::move(worker));
-  dispatch(self, false);
-}
-
-bool ready(const coordinator_state& st, const job& j) {
-  auto* a = std::get_if<queued_append>(&j);
-  return a == nullptr || st.in_flight.count(a->append.stream_id) == 0;
-}
-
-// Takes every ready append (one per stream, in arrival order, at most max_group) off the queue,
-// marking their streams in flight; later appends to those streams wait for the next group.
-std::vector<queued_append> take_group(coordinator_state& st) {
-  std::vector<queued_append> group;
-  std::deque<job> rest;
-  for (auto& j : st.queue) {
-    auto* a = std::get_if<queued_append>(&j);
-    if (a != nullptr && group.size() < st.options.max_group &&
-        st.in_flight.insert(a->append.stream_id).second)
-      group.push_back(std::move(*a));
-    else
-      rest.push_back(std::move(j));
+stream_load load_stream(event_store& store, const load_request& req) {
+  stream_load out;
+  int64_t from = req.from_version;
+  if (req.snapshot_schema >= 0) {
+    auto snap = store.load_snapshot(req.stream_id);
+    if (!snap)
+      throw mire::error(snap.error());
+    if (*snap && (*snap)->schema_version == req.snapshot_schema && (*snap)->version >= from) {
+      out.has_snapshot = true;
+      out.snapshot = std::move(**snap);
+      from = out.snapshot.version + 1;
+    }
   }
-  st.queue = std::move(rest);
-  // One lock order for every group, so that two groups (of two replicas) touching the same
-  // streams cannot deadlock each other.
-  std::sort(group.begin(), group.end(), [](const queued_append& x, const queued_append& y) {
-    return x.append.stream_id < y.append.stream_id;
-  });
-  return group;
+  auto events = store.read_stream(req.stream_id, from);
+  if (!events)
+    throw mire::error(events.error());
+  out.events = std::move(*events);
+  return out;
 }
 
-void send_group(coordinator self, caf::actor worker, std::vector<queued_append> group) {
-  std::vector<stream_append> appends;
-  std::vector<commit_hook> hooks;
-  auto members = std::make_shared<std::vector<member>>();
-  appends.reserve(group.size());
-  hooks.reserve(group.size());
-  members->reserve(group.size());
-  for (auto& q : group) {
-    members->push_back(member{q.append.stream_id, std::move(q.rp)});
-    appends.push_back(std::move(q.append));
-    hooks.push_back(std::move(q.hook));
-  }
-  self->state.group_sizes.insert(members->size());
-  auto done = [self, members] {
-    auto& st = self->state;
-    for (auto& m : *members)
-      st.in_flight.erase(m.stream_id);
-    st.group_sizes.erase(st.group_sizes.find(members->size()));
-  };
-  self->request(worker, caf::infinite, group_atom::value, std::move(appends), std::move(hooks))
-      .then(
-          [self, worker, members, done](std::vector<append_outcome>& outcomes) {
-            for (std::size_t i = 0; i < members->size(); ++i) {
-              auto& rp = (*members)[i].rp;
-              if (outcomes[i].error)
-                rp.deliver(std::move(outcomes[i].error));
-              else
-                rp.deliver(outcomes[i].value);
-            }
-            done();
-            release(self, worker);
-          },
-          [self, members, done](caf::error& e) {
-            // The worker is gone (it is linked: the store actor is going down too).
-            for (auto& m : *members)
-              m.rp.deliver(e);
-            done();
-          });
-}
-
-// A failed load or snapshot is the worker's answer: the worker is free again. Only a worker
-// that is gone (it is linked: the store actor is going down too) is not taken back.
-void release_after(coordinator self, caf::actor worker, const caf::error& e) {
-  if (e != caf::sec::request_receiver_down)
-    release(self, std::move(worker));
-}
-
-void send_alone(coordinator self, caf::actor worker, job j) {
-  if (auto* l = std::get_if<queued_load>(&j)) {
-    auto rp = std::move(l->rp);
-    self->request(worker, caf::infinite, load_atom::value, std::move(l->request))
-        .then(
-            [self, worker, rp](stream_load& out) mutable {
-              rp.deliver(std::move(out));
-              release(self, worker);
-            },
-            [self, worker, rp](caf::error& e) mutable {
-              rp.deliver(e);
-              release_after(self, worker, e);
-            });
-  } else if (auto* s = std::get_if<queued_snapshot>(&j)) {
-    auto rp = std::move(s->rp);
-    self->request(worker, caf::infinite, snapshot_atom::value, std::move(s->snap))
-        .then(
-            [self, worker, rp]() mutable {
-              rp.deliver(caf::unit);
-              release(self, worker);
-            },
-            [self, worker, rp](caf::error& e) mutable {
-              rp.deliver(e);
-              release_after(self, worker, e);
-            });
-  }
-}
-
-// How long ready appends wait for company while a group commits (see wait_for_company): about
+// How long ready appends wait for company while a group commits (see work_queue::take): about
 // one commit's time; a group held up in Postgres (a lock, rule 6) keeps nobody waiting longer.
 constexpr auto company_wait = std::chrono::milliseconds(2);
 
-// Whether the ready appends (the oldest first) should wait for company rather than leave now.
-// Balanced groups: while a group commits, the next one leaves once as many appends are ready as
-// the largest group in flight has, when a group is done, or after company_wait. Leaving at once
-// with whatever is ready would split a steady load into one big group and many single appends
-// (each one costs a commit). With nothing in flight an append leaves at once (unless a group
-// window is set): a lone caller does not wait.
-bool wait_for_company(coordinator self, const queued_append& oldest, std::size_t ready,
-                      bool window_over) {
-  auto& st = self->state;
-  if (ready >= st.options.max_group || window_over)
-    return false;
-  auto due = oldest.arrived + st.options.group_window;
-  if (!st.group_sizes.empty() && ready < *st.group_sizes.rbegin())
-    due = std::max(due, oldest.arrived + company_wait);
-  const auto now = clock::now();
-  if (now >= due)
-    return false;
-  if (!st.timer_armed) {
-    st.timer_armed = true;
-    self->delayed_send(self, due - now, flush_atom::value);
-  }
-  return true;
-}
+/// A job in the queue; `token` names its promise in the coordinator.
+struct queued {
+  enum kind_t { append, load, snapshot } kind = append;
+  uint64_t token = 0;
+  stream_append append_request;
+  commit_hook hook;
+  load_request to_load;
+  mire::snapshot snap;
+  clock::time_point arrived;
+};
 
-// Hands queued work to idle workers, in arrival order: a load or snapshot at once, appends as
-// groups (see wait_for_company; a load behind waiting appends goes ahead of them). Group commit
-// comes from the rest: whatever queued up while the workers were busy leaves together.
-void dispatch(coordinator self, bool window_over) {
-  auto& st = self->state;
-  while (!st.idle.empty()) {
-    auto first_append = st.queue.end(); // the oldest ready append
-    auto alone = st.queue.end();        // the first load or snapshot
-    std::size_t ready_appends = 0;
-    for (auto it = st.queue.begin(); it != st.queue.end(); ++it) {
-      if (auto* a = std::get_if<queued_append>(&*it)) {
-        if (ready(st, *it)) {
-          if (first_append == st.queue.end())
-            first_append = it;
-          ++ready_appends;
-        }
-      } else if (alone == st.queue.end()) {
-        alone = it;
+/// What a worker took: a group of appends, or one load or snapshot.
+struct work {
+  std::vector<queued> jobs;
+};
+
+/// The queue the coordinator fills and the workers take from (under `mutex`). Workers take work
+/// themselves the moment they are free: no round trip through the coordinator between groups.
+struct work_queue {
+  explicit work_queue(store_actor_options o) : options(o) {}
+
+  /// The next work, or when to look again (nullopt: when woken).
+  struct next {
+    std::optional<work> taken;
+    std::optional<clock::time_point> wake_at;
+  };
+
+  // In arrival order: a load or snapshot at once, appends as groups. Balanced groups: while a
+  // group commits, the next one leaves once as many appends are ready as the largest group in
+  // flight has, when a group is done, or after company_wait. Leaving at once with whatever is
+  // ready would split a steady load into one big group and many single appends (each one costs
+  // a commit). With nothing in flight an append leaves at once (unless a group window is set):
+  // a lone caller does not wait. A load behind waiting appends goes ahead of them.
+  next take(clock::time_point now) {
+    auto first_append = queue.end(), alone = queue.end();
+    std::size_t ready = 0;
+    for (auto it = queue.begin(); it != queue.end(); ++it) {
+      if (it->kind != queued::append) {
+        if (alone == queue.end())
+          alone = it;
+      } else if (!in_flight.count(it->append_request.stream_id)) {
+        if (first_append == queue.end())
+          first_append = it;
+        ++ready;
       }
     }
-    auto worker = [&] {
-      auto w = std::move(st.idle.back());
-      st.idle.pop_back();
-      return w;
-    };
-    const bool appends_first = first_append != st.queue.end() &&
-                               (alone == st.queue.end() || first_append < alone);
-    if (appends_first && !wait_for_company(self, std::get<queued_append>(*first_append),
-                                           ready_appends, window_over)) {
-      send_group(self, worker(), take_group(st));
-    } else if (alone != st.queue.end()) {
-      job j = std::move(*alone);
-      st.queue.erase(alone);
-      send_alone(self, worker(), std::move(j));
+    std::optional<clock::time_point> due;
+    if (first_append != queue.end() && (alone == queue.end() || first_append < alone)) {
+      due = first_append->arrived + options.group_window;
+      if (!group_sizes.empty() && ready < *group_sizes.rbegin())
+        due = std::max(*due, first_append->arrived + company_wait);
+      if (ready >= options.max_group || now >= *due)
+        return {take_group(), std::nullopt};
+    }
+    if (alone != queue.end()) {
+      work w;
+      w.jobs.push_back(std::move(*alone));
+      queue.erase(alone);
+      return {std::move(w), std::nullopt};
+    }
+    return {std::nullopt, due};
+  }
+
+  // Every ready append (one per stream, in arrival order, at most max_group), their streams
+  // marked in flight; later appends to those streams wait for the next group.
+  work take_group() {
+    work w;
+    std::deque<queued> rest;
+    for (auto& j : queue) {
+      if (j.kind == queued::append && w.jobs.size() < options.max_group &&
+          in_flight.insert(j.append_request.stream_id).second)
+        w.jobs.push_back(std::move(j));
+      else
+        rest.push_back(std::move(j));
+    }
+    queue = std::move(rest);
+    // One lock order for every group, so that two groups (of two replicas) touching the same
+    // streams cannot deadlock each other.
+    std::sort(w.jobs.begin(), w.jobs.end(), [](const queued& x, const queued& y) {
+      return x.append_request.stream_id < y.append_request.stream_id;
+    });
+    group_sizes.insert(w.jobs.size());
+    return w;
+  }
+
+  void done_with_group(const std::vector<std::string>& streams) {
+    for (const auto& s : streams)
+      in_flight.erase(s);
+    group_sizes.erase(group_sizes.find(streams.size()));
+  }
+
+  const store_actor_options options;
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<queued> queue;                  ///< in arrival order
+  std::unordered_set<std::string> in_flight; ///< streams with an append being committed
+  std::multiset<std::size_t> group_sizes;    ///< of the groups being committed
+  bool stopping = false;
+};
+
+using done_atom = caf::atom_constant<caf::atom("done")>;
+
+// A worker: takes work from the queue, runs it against the database on its own thread and
+// connection, and sends the outcomes to the coordinator, which answers the callers. The store's
+// calls report failures as values; an exception (e.g. bad_alloc) becomes that job's error.
+void store_worker(caf::blocking_actor*, std::shared_ptr<work_queue> q,
+                  std::shared_ptr<event_store> store, caf::actor coordinator) {
+  for (;;) {
+    work w;
+    {
+      std::unique_lock lock{q->mutex};
+      for (;;) {
+        if (q->stopping)
+          return;
+        auto next = q->take(clock::now());
+        if (next.taken) {
+          w = std::move(*next.taken);
+          break;
+        }
+        if (next.wake_at)
+          q->wake.wait_until(lock, *next.wake_at);
+        else
+          q->wake.wait(lock);
+      }
+    }
+    auto& first = w.jobs.front();
+    if (first.kind == queued::append) {
+      std::vector<stream_append> group;
+      std::vector<std::string> streams;
+      std::vector<uint64_t> tokens;
+      for (auto& j : w.jobs) {
+        streams.push_back(j.append_request.stream_id);
+        tokens.push_back(j.token);
+        group.push_back(std::move(j.append_request));
+      }
+      std::vector<append_outcome> outcomes;
+      try {
+        outcomes = commit(*store, group);
+      } catch (const std::exception& ex) {
+        outcomes.assign(group.size(), append_outcome{{}, internal_error("append", ex)});
+      }
+      {
+        std::lock_guard lock{q->mutex};
+        q->done_with_group(streams);
+      }
+      q->wake.notify_all(); // appends to those streams, or waiting for company, may go now
+      // After the commit, and each on its own: a hook that throws changes no outcome.
+      for (std::size_t i = 0; i < outcomes.size(); ++i) {
+        if (w.jobs[i].hook && !outcomes[i].error) {
+          try {
+            (*w.jobs[i].hook)(outcomes[i].value);
+          } catch (...) { // the reply still carries the outcome
+          }
+        }
+      }
+      caf::anon_send(coordinator, done_atom::value, std::move(tokens), std::move(outcomes));
+    } else if (first.kind == queued::load) {
+      try {
+        caf::anon_send(coordinator, done_atom::value, first.token, load_stream(*store, first.to_load));
+      } catch (const mire::error& e) {
+        caf::anon_send(coordinator, done_atom::value, first.token, to_caf(e));
+      } catch (const std::exception& ex) {
+        caf::anon_send(coordinator, done_atom::value, first.token, internal_error("load", ex));
+      }
     } else {
-      return;
+      caf::error err;
+      try {
+        if (auto r = store->save_snapshot(first.snap); !r)
+          err = to_caf(r.error());
+      } catch (const std::exception& ex) {
+        err = internal_error("save snapshot", ex);
+      }
+      caf::anon_send(coordinator, done_atom::value, first.token, std::move(err));
     }
   }
 }
 
-caf::typed_response_promise<append_result> enqueue_append(coordinator self, stream_append a,
-                                                          commit_hook hook) {
-  auto rp = self->make_response_promise<append_result>();
-  self->state.queue.emplace_back(queued_append{std::move(a), std::move(hook), rp, clock::now()});
-  dispatch(self, false);
-  return rp;
+struct coordinator_state {
+  std::shared_ptr<work_queue> queue;
+  uint64_t next_token = 0;
+  std::unordered_map<uint64_t, caf::typed_response_promise<append_result>> appends;
+  std::unordered_map<uint64_t, caf::typed_response_promise<stream_load>> loads;
+  std::unordered_map<uint64_t, caf::response_promise> snapshots;
+  ~coordinator_state() {
+    if (queue) { // the workers finish the work in hand and stop
+      {
+        std::lock_guard lock{queue->mutex};
+        queue->stopping = true;
+      }
+      queue->wake.notify_all();
+    }
+  }
+  static inline const char* name = "mire.store";
+};
+
+// Untyped inside, so that workers can send it their outcomes; callers see the store_actor
+// interface.
+using coordinator = caf::stateful_actor<coordinator_state>*;
+
+uint64_t enqueue(coordinator self, queued j) {
+  auto& st = self->state;
+  j.token = ++st.next_token;
+  j.arrived = clock::now();
+  const auto token = j.token;
+  {
+    std::lock_guard lock{st.queue->mutex};
+    st.queue->queue.push_back(std::move(j));
+  }
+  st.queue->wake.notify_one();
+  return token;
 }
 
-store_actor::behavior_type coordinator_actor(coordinator self, event_store store,
-                                             store_actor_options options) {
+caf::behavior coordinator_actor(coordinator self, event_store store,
+                               store_actor_options options) {
   auto shared = std::make_shared<event_store>(std::move(store));
-  self->state.options = options;
-  // Linked: when the store actor exits, its workers exit with it.
+  auto& st = self->state;
+  st.queue = std::make_shared<work_queue>(options);
   for (std::size_t i = 0; i < options.workers; ++i)
-    self->state.idle.push_back(self->spawn<caf::detached + caf::linked>(store_worker, shared));
+    self->spawn<caf::detached>(store_worker, st.queue, shared,
+                               caf::actor_cast<caf::actor>(self));
+  auto append = [self](stream_append& a, commit_hook hook) {
+    auto rp = self->make_response_promise<append_result>();
+    queued j;
+    j.append_request = std::move(a);
+    j.hook = std::move(hook);
+    self->state.appends.emplace(enqueue(self, std::move(j)), rp);
+    return rp;
+  };
+  auto answered = [self](uint64_t token, caf::error& e) {
+    auto& st = self->state;
+    if (auto l = st.loads.find(token); l != st.loads.end()) {
+      l->second.deliver(std::move(e));
+      st.loads.erase(l);
+    } else if (auto s = st.snapshots.find(token); s != st.snapshots.end()) {
+      if (e)
+        s->second.deliver(std::move(e));
+      else
+        s->second.deliver(caf::unit);
+      st.snapshots.erase(s);
+    }
+  };
   return {
-      [self](append_atom, stream_append& a) -> caf::typed_response_promise<append_result> {
-        return enqueue_append(self, std::move(a), nullptr);
+      [append](append_atom, stream_append& a) -> caf::typed_response_promise<append_result> {
+        return append(a, nullptr);
       },
-      [self](append_atom, stream_append& a,
-             commit_hook& hook) -> caf::typed_response_promise<append_result> {
-        return enqueue_append(self, std::move(a), std::move(hook));
+      [append](append_atom, stream_append& a,
+               commit_hook& hook) -> caf::typed_response_promise<append_result> {
+        return append(a, std::move(hook));
       },
       [self](load_atom, load_request& req) -> caf::typed_response_promise<stream_load> {
         auto rp = self->make_response_promise<stream_load>();
-        self->state.queue.emplace_back(queued_load{std::move(req), rp});
-        dispatch(self, false);
+        queued j;
+        j.kind = queued::load;
+        j.to_load = std::move(req);
+        self->state.loads.emplace(enqueue(self, std::move(j)), rp);
         return rp;
       },
       // A typed promise of "no value" cannot be delivered in CAF 0.17: an untyped promise
       // answers, and delegated<void> tells the type checker the answer comes later.
       [self](snapshot_atom, mire::snapshot& s) -> caf::delegated<void> {
-        self->state.queue.emplace_back(
-            queued_snapshot{std::move(s), self->make_response_promise()});
-        dispatch(self, false);
+        queued j;
+        j.kind = queued::snapshot;
+        j.snap = std::move(s);
+        self->state.snapshots.emplace(enqueue(self, std::move(j)), self->make_response_promise());
         return {};
       },
-      [self](flush_atom) {
-        self->state.timer_armed = false;
-        dispatch(self, true);
+      [self](done_atom, const std::vector<uint64_t>& tokens,
+             std::vector<append_outcome>& outcomes) {
+        auto& st = self->state;
+        for (std::size_t i = 0; i < tokens.size(); ++i) {
+          auto it = st.appends.find(tokens[i]);
+          if (it == st.appends.end())
+            continue;
+          if (outcomes[i].error)
+            it->second.deliver(std::move(outcomes[i].error));
+          else
+            it->second.deliver(outcomes[i].value);
+          st.appends.erase(it);
+        }
       },
+      [self](done_atom, uint64_t token, stream_load& l) {
+        auto& st = self->state;
+        if (auto it = st.loads.find(token); it != st.loads.end()) {
+          it->second.deliver(std::move(l));
+          st.loads.erase(it);
+        }
+      },
+      [answered](done_atom, uint64_t token, caf::error& e) { answered(token, e); },
   };
 }
 
@@ -408,7 +409,7 @@ result<store_actor> spawn_store_actor(caf::actor_system& system, event_store sto
   if (store.options().pool_size < options.workers)
     return bad_input("the event store's pool_size (" + std::to_string(store.options().pool_size) +
                      ") must be at least store.workers (" + std::to_string(options.workers) + ")");
-  return system.spawn(coordinator_actor, std::move(store), options);
+  return caf::actor_cast<store_actor>(system.spawn(coordinator_actor, std::move(store), options));
 }
 
 } // namespace mire::actors

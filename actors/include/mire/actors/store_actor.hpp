@@ -1,5 +1,6 @@
-// The store actor: the only door to Postgres for actors. An event-based coordinator in front of
-// blocking workers (detached actors, each using one connection at a time). Appends to different
+// The store actor: the only door to Postgres for actors. An event-based coordinator that queues
+// requests and answers them, and blocking workers (detached actors, each using one connection at
+// a time) that take work from the queue themselves as soon as they are free. Appends to different
 // streams that queue up while every worker is committing (or within the group window) go to
 // Postgres as one group: one transaction, one round trip, and each append still gets its own
 // outcome (event_store::append_group). Two appends to one stream are never in flight at once:
@@ -11,7 +12,6 @@
 //                                 the same; the hook also runs the moment the append commits
 //   (load_atom, load_request)     -> stream_load     a snapshot (if usable) and the events after
 //   (snapshot_atom, snapshot)     -> ()              saves a snapshot (reply only to requests)
-//   (flush_atom)                                     the group window's timer (internal)
 #pragma once
 
 #include <cstdint>
@@ -35,7 +35,6 @@ namespace mire::actors {
 using append_atom = caf::atom_constant<caf::atom("append")>;
 using load_atom = caf::atom_constant<caf::atom("load")>;
 using snapshot_atom = caf::atom_constant<caf::atom("snapshot")>;
-using flush_atom = caf::atom_constant<caf::atom("flush")>;
 
 /// Asks for a stream from `from_version` on; with a snapshot schema >= 0, a snapshot of that
 /// schema covering at least from_version may replace the events it covers.
@@ -72,7 +71,7 @@ using store_actor =
                      caf::replies_to<append_atom, mire::stream_append,
                                      commit_hook>::with<mire::append_result>,
                      caf::replies_to<load_atom, load_request>::with<stream_load>,
-                     caf::reacts_to<snapshot_atom, mire::snapshot>, caf::reacts_to<flush_atom>>;
+                     caf::reacts_to<snapshot_atom, mire::snapshot>>;
 
 /// Spawns a store actor and its workers on `system`, all sharing `store` (whose pool_size must
 /// be at least options.workers). Exiting the store actor stops its workers. bad_input names an
