@@ -32,7 +32,7 @@ struct runtime::impl {
 
   ~impl() {
     // Registries first: their aggregate actors (which may be waiting on the store actor) watch
-    // them and exit with them; then the store actor, whose workers are linked to it.
+    // them and exit with them; then the store actor, whose workers stop with it.
     for (auto& [type, entry] : types)
       if (entry.registry)
         caf::anon_send_exit(entry.registry, caf::exit_reason::user_shutdown);

@@ -211,11 +211,49 @@ struct work_queue {
 
 using done_atom = caf::atom_constant<caf::atom("done")>;
 
+caf::error unknown_failure(const char* what) {
+  return to_caf(mire::error{errc::internal, std::string(what) + ": an unknown exception"});
+}
+
+// Runs one group; whatever happens, its streams are released and waiting workers woken.
+std::vector<append_outcome> run_group(work_queue& q, event_store& store, work& w) {
+  std::vector<stream_append> group;
+  std::vector<std::string> streams;
+  for (auto& j : w.jobs) {
+    streams.push_back(j.append_request.stream_id);
+    group.push_back(std::move(j.append_request));
+  }
+  struct release {
+    work_queue& q;
+    const std::vector<std::string>& streams;
+    ~release() {
+      {
+        std::lock_guard lock{q.mutex};
+        q.done_with_group(streams);
+      }
+      q.wake.notify_all(); // appends to those streams, or waiting for company, may go now
+    }
+  } released{q, streams};
+  try {
+    return commit(store, group);
+  } catch (const std::exception& ex) {
+    return std::vector<append_outcome>(group.size(), append_outcome{{}, internal_error("append", ex)});
+  } catch (...) {
+    return std::vector<append_outcome>(group.size(), append_outcome{{}, unknown_failure("append")});
+  }
+}
+
 // A worker: takes work from the queue, runs it against the database on its own thread and
 // connection, and sends the outcomes to the coordinator, which answers the callers. The store's
-// calls report failures as values; an exception (e.g. bad_alloc) becomes that job's error.
+// calls report failures as values; an exception (e.g. bad_alloc) becomes that job's error. It
+// holds the coordinator by address only: a store actor nobody references can go away (and stop
+// its workers).
 void store_worker(caf::blocking_actor*, std::shared_ptr<work_queue> q,
-                  std::shared_ptr<event_store> store, caf::actor coordinator) {
+                  std::shared_ptr<event_store> store, caf::actor_addr coordinator_addr) {
+  auto answer = [&](auto&&... xs) {
+    if (auto c = caf::actor_cast<caf::actor>(coordinator_addr))
+      caf::anon_send(c, done_atom::value, std::forward<decltype(xs)>(xs)...);
+  };
   for (;;) {
     work w;
     {
@@ -233,30 +271,17 @@ void store_worker(caf::blocking_actor*, std::shared_ptr<work_queue> q,
         else
           q->wake.wait(lock);
       }
+      // The wake-up that brought this worker may have been meant for work still queued.
+      if (!q->queue.empty())
+        q->wake.notify_one();
     }
     auto& first = w.jobs.front();
     if (first.kind == queued::append) {
-      std::vector<stream_append> group;
-      std::vector<std::string> streams;
-      std::vector<uint64_t> tokens;
-      for (auto& j : w.jobs) {
-        streams.push_back(j.append_request.stream_id);
-        tokens.push_back(j.token);
-        group.push_back(std::move(j.append_request));
-      }
-      std::vector<append_outcome> outcomes;
-      try {
-        outcomes = commit(*store, group);
-      } catch (const std::exception& ex) {
-        outcomes.assign(group.size(), append_outcome{{}, internal_error("append", ex)});
-      }
-      {
-        std::lock_guard lock{q->mutex};
-        q->done_with_group(streams);
-      }
-      q->wake.notify_all(); // appends to those streams, or waiting for company, may go now
+      auto outcomes = run_group(*q, *store, w);
       // After the commit, and each on its own: a hook that throws changes no outcome.
+      std::vector<uint64_t> tokens;
       for (std::size_t i = 0; i < outcomes.size(); ++i) {
+        tokens.push_back(w.jobs[i].token);
         if (w.jobs[i].hook && !outcomes[i].error) {
           try {
             (*w.jobs[i].hook)(outcomes[i].value);
@@ -264,14 +289,16 @@ void store_worker(caf::blocking_actor*, std::shared_ptr<work_queue> q,
           }
         }
       }
-      caf::anon_send(coordinator, done_atom::value, std::move(tokens), std::move(outcomes));
+      answer(std::move(tokens), std::move(outcomes));
     } else if (first.kind == queued::load) {
       try {
-        caf::anon_send(coordinator, done_atom::value, first.token, load_stream(*store, first.to_load));
+        answer(first.token, load_stream(*store, first.to_load));
       } catch (const mire::error& e) {
-        caf::anon_send(coordinator, done_atom::value, first.token, to_caf(e));
+        answer(first.token, to_caf(e));
       } catch (const std::exception& ex) {
-        caf::anon_send(coordinator, done_atom::value, first.token, internal_error("load", ex));
+        answer(first.token, internal_error("load", ex));
+      } catch (...) {
+        answer(first.token, unknown_failure("load"));
       }
     } else {
       caf::error err;
@@ -280,8 +307,10 @@ void store_worker(caf::blocking_actor*, std::shared_ptr<work_queue> q,
           err = to_caf(r.error());
       } catch (const std::exception& ex) {
         err = internal_error("save snapshot", ex);
+      } catch (...) {
+        err = unknown_failure("save snapshot");
       }
-      caf::anon_send(coordinator, done_atom::value, first.token, std::move(err));
+      answer(first.token, std::move(err));
     }
   }
 }
@@ -300,6 +329,18 @@ struct coordinator_state {
       }
       queue->wake.notify_all();
     }
+    // CAF 0.17 does not answer a promise that is dropped: say so instead of leaving callers to
+    // their timeouts. An append among these may still commit (a worker finishes the one in hand).
+    const auto in_doubt = to_caf(mire::error{
+        errc::commit_in_doubt, "the store actor stopped with this append pending: it may or may "
+                               "not be recorded"});
+    const auto gone = to_caf(mire::error{errc::unavailable, "the store actor stopped"});
+    for (auto& [token, rp] : appends)
+      rp.deliver(in_doubt);
+    for (auto& [token, rp] : loads)
+      rp.deliver(gone);
+    for (auto& [token, rp] : snapshots)
+      rp.deliver(gone);
   }
   static inline const char* name = "mire.store";
 };
@@ -327,8 +368,7 @@ caf::behavior coordinator_actor(coordinator self, event_store store,
   auto& st = self->state;
   st.queue = std::make_shared<work_queue>(options);
   for (std::size_t i = 0; i < options.workers; ++i)
-    self->spawn<caf::detached>(store_worker, st.queue, shared,
-                               caf::actor_cast<caf::actor>(self));
+    self->spawn<caf::detached>(store_worker, st.queue, shared, self->address());
   auto append = [self](stream_append& a, commit_hook hook) {
     auto rp = self->make_response_promise<append_result>();
     queued j;

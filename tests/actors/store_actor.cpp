@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -317,6 +318,33 @@ TEST_SUITE("pg") {
     CHECK_FALSE(tail.has_snapshot);
     REQUIRE(tail.events.size() == 1);
     CHECK(tail.events[0].version == 5);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a store actor nobody references any more goes away with its workers") {
+    std::atomic<bool> shut_down{false};
+    std::thread owner([&] {
+      {
+        caf::actor_system_config cfg;
+        mire::actors::add_mire_types(cfg);
+        caf::actor_system sys{cfg};
+        auto h = mire::actors::spawn_store_actor(sys, store, {2, 0us, 256});
+        REQUIRE(h);
+        caf::scoped_actor self{sys};
+        self->request(*h, 10s, append_atom::value, append("gone-1", expected_version::no_stream()))
+            .receive([](mire::append_result& r) { CHECK(r.version == 1); },
+                     [](caf::error& e) { FAIL(mire::actors::from_caf(e).what()); });
+      } // the handle, then the system: its destructor waits for every actor
+      shut_down = true;
+    });
+    const auto give_up = std::chrono::steady_clock::now() + 30s;
+    while (!shut_down && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(10ms);
+    if (!shut_down) {
+      owner.detach(); // stuck in ~actor_system: the workers never stopped
+      FAIL("the actor system did not shut down: the store actor's workers kept running");
+    }
+    owner.join();
   }
 
   TEST_CASE_FIXTURE(actor_fixture, "a store actor needs a pool with a connection per worker") {
