@@ -405,22 +405,27 @@ private:
     };
     try {
       auto deadline = steady::now() + 30s;
-      std::optional<lease_info> first;
-      while (!(first = holder()) || !pids.count(first->owner)) {
+      // The lease row names the holder: "<replica id>#<tag of its lease actor>".
+      std::string driver;
+      for (;;) {
+        if (auto first = holder(); first && pids.count(std::string(holder_owner(first->owner)))) {
+          driver = std::string(holder_owner(first->owner));
+          break;
+        }
         if (steady::now() > deadline)
           throw failure(1, "no replica took the lease");
         std::this_thread::sleep_for(10ms);
       }
       // Both must be up (the other one standing by) before the kill.
       std::this_thread::sleep_for(500ms);
-      kill(pids[first->owner], SIGKILL);
+      kill(pids[driver], SIGKILL);
       const auto t0 = steady::now();
-      waitpid(pids[first->owner], nullptr, 0);
-      pids[first->owner] = 0;
+      waitpid(pids[driver], nullptr, 0);
+      pids[driver] = 0;
       deadline = t0 + 30s;
       for (;;) {
         auto now = holder();
-        if (now && now->owner != first->owner)
+        if (now && holder_owner(now->owner) != driver)
           break;
         if (steady::now() > deadline)
           throw failure(1, "no takeover within 30 s");
