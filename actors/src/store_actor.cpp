@@ -197,7 +197,8 @@ struct work_queue {
   void done_with_group(const std::vector<std::string>& streams) {
     for (const auto& s : streams)
       in_flight.erase(s);
-    group_sizes.erase(group_sizes.find(streams.size()));
+    if (auto it = group_sizes.find(streams.size()); it != group_sizes.end())
+      group_sizes.erase(it);
   }
 
   const store_actor_options options;
@@ -215,25 +216,27 @@ caf::error unknown_failure(const char* what) {
   return to_caf(mire::error{errc::internal, std::string(what) + ": an unknown exception"});
 }
 
-// Runs one group; whatever happens, its streams are released and waiting workers woken.
-std::vector<append_outcome> run_group(work_queue& q, event_store& store, work& w) {
-  std::vector<stream_append> group;
+// Ends a group on the queue however its run ends: its streams are released, and workers waiting
+// for them (or for company) are woken if anything is queued.
+struct group_release {
+  work_queue& q;
   std::vector<std::string> streams;
-  for (auto& j : w.jobs) {
-    streams.push_back(j.append_request.stream_id);
-    group.push_back(std::move(j.append_request));
-  }
-  struct release {
-    work_queue& q;
-    const std::vector<std::string>& streams;
-    ~release() {
-      {
-        std::lock_guard lock{q.mutex};
-        q.done_with_group(streams);
-      }
-      q.wake.notify_all(); // appends to those streams, or waiting for company, may go now
+  ~group_release() {
+    bool waiting = false;
+    {
+      std::lock_guard lock{q.mutex};
+      q.done_with_group(streams);
+      waiting = !q.queue.empty();
     }
-  } released{q, streams};
+    if (waiting)
+      q.wake.notify_all();
+  }
+};
+
+std::vector<append_outcome> run_group(event_store& store, work& w) {
+  std::vector<stream_append> group;
+  for (auto& j : w.jobs)
+    group.push_back(std::move(j.append_request));
   try {
     return commit(store, group);
   } catch (const std::exception& ex) {
@@ -277,15 +280,23 @@ void store_worker(caf::blocking_actor*, std::shared_ptr<work_queue> q,
     }
     auto& first = w.jobs.front();
     if (first.kind == queued::append) {
-      auto outcomes = run_group(*q, *store, w);
-      // After the commit, and each on its own: a hook that throws changes no outcome.
       std::vector<uint64_t> tokens;
-      for (std::size_t i = 0; i < outcomes.size(); ++i) {
-        tokens.push_back(w.jobs[i].token);
-        if (w.jobs[i].hook && !outcomes[i].error) {
-          try {
-            (*w.jobs[i].hook)(outcomes[i].value);
-          } catch (...) { // the reply still carries the outcome
+      std::vector<append_outcome> outcomes;
+      {
+        group_release released{*q, {}};
+        for (const auto& j : w.jobs) {
+          released.streams.push_back(j.append_request.stream_id);
+          tokens.push_back(j.token);
+        }
+        outcomes = run_group(*store, w);
+        // Callers first (a waiting thread goes on now), then the streams; each hook on its own:
+        // one that throws changes no outcome.
+        for (std::size_t i = 0; i < outcomes.size(); ++i) {
+          if (w.jobs[i].hook && !outcomes[i].error) {
+            try {
+              (*w.jobs[i].hook)(outcomes[i].value);
+            } catch (...) { // the reply still carries the outcome
+            }
           }
         }
       }
