@@ -320,8 +320,12 @@ result<batch_result> event_store::append_batch(std::vector<stream_append> batch)
 
 result<std::vector<result<append_result>>> event_store::append_group(
     std::vector<stream_append> group) {
+  std::vector<bool> known;
+  known.reserve(group.size());
+  for (const auto& a : group)
+    known.push_back(!a.expected.is_any() && impl_->knows(a.stream_id, a.expected.value()));
   auto r = with_connection(impl_, [&](pg::connection& c) {
-    return detail::append_group(c, impl_->sql, group, impl_->options);
+    return detail::append_group(c, impl_->sql, group, known, impl_->options);
   });
   if (r) {
     for (std::size_t i = 0; i < group.size(); ++i)

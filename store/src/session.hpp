@@ -60,9 +60,12 @@ result<void> save_snapshot(pg::connection& conn, const statements& sql, const sn
 result<batch_result> append_batch(pg::connection& conn, const statements& sql,
                                   std::vector<stream_append>& batch, const store_options& options);
 
+/// `known[i]`: as append's `expected_known`, for group member i (its expected version is
+/// committed, so its probe can be skipped).
 result<std::vector<result<append_result>>> append_group(pg::connection& conn,
                                                        const statements& sql,
                                                        std::vector<stream_append>& group,
+                                                       const std::vector<bool>& known,
                                                        const store_options& options);
 
 /// A timestamptz as the session prints it (ISO DateStyle, UTC: "2026-11-26 07:05:41.12+00") in

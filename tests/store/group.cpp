@@ -65,6 +65,49 @@ TEST_CASE_FIXTURE(mire::test::pg_fixture,
   CHECK(good.front().transaction_id == any.front().transaction_id);
 }
 
+TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                  "exact expectations: beyond the stream, or known to the store but outdated by "
+                  "another writer, fail alone; right ones commit, known or not") {
+  // This store wrote version 1 of both streams (so it may skip their probes); another store,
+  // with its own memory of heads, then moves them on.
+  REQUIRE(store.append("k-known", expected_version::no_stream(), {one(0)}));
+  REQUIRE(store.append("k-head", expected_version::no_stream(), {one(0)}));
+  auto other = mire::event_store::open(store.options()).value();
+  REQUIRE(other.append("k-known", expected_version::exactly(1), {one(1)}));
+  REQUIRE(other.append("k-head", expected_version::exactly(1), {one(1)}));
+
+  std::vector<stream_append> first{
+      {"k-ahead", expected_version::exactly(3), {one(3)}}, // the stream does not exist
+      {"k-head", expected_version::exactly(2), {one(4)}},  // not known here, but right
+      {"k-new", expected_version::no_stream(), {one(5), one(6)}},
+  };
+  auto r = store.append_group(first);
+  REQUIRE_MESSAGE(r, r.error().what());
+  REQUIRE(r->size() == 3);
+  REQUIRE_FALSE((*r)[0]);
+  CHECK((*r)[0].error().code == errc::version_conflict);
+  CHECK((*r)[0].error().actual == 0);
+  REQUIRE_MESSAGE((*r)[1], (*r)[1].error().what());
+  CHECK((*r)[1]->version == 3);
+  REQUIRE_MESSAGE((*r)[2], (*r)[2].error().what());
+  CHECK((*r)[2]->version == 2);
+  CHECK(store.stream_version("k-ahead").value() == 0); // no hole: nothing stored
+
+  std::vector<stream_append> second{
+      {"k-known", expected_version::exactly(1), {one(7)}}, // known here, but now stale
+      {"k-new", expected_version::exactly(2), {one(8)}},   // known here, and right
+  };
+  auto s = store.append_group(second);
+  REQUIRE_MESSAGE(s, s.error().what());
+  REQUIRE_FALSE((*s)[0]);
+  CHECK((*s)[0].error().code == errc::version_conflict);
+  CHECK((*s)[0].error().actual == 2);
+  REQUIRE_MESSAGE((*s)[1], (*s)[1].error().what());
+  CHECK((*s)[1]->version == 3);
+  CHECK(store.stream_version("k-known").value() == 2);
+  CHECK(store.stream_version("k-new").value() == 3);
+}
+
 TEST_CASE_FIXTURE(mire::test::pg_fixture, "a resent group reports the original appends") {
   std::vector<stream_append> group{{"r-1", expected_version::no_stream(), {one(1)}},
                                    {"r-2", expected_version::any(), {one(2), one(3)}}};
