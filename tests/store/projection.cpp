@@ -76,6 +76,17 @@ std::size_t run_until_caught_up(mire::projector& p, const mire::lease& held) {
   return applied;
 }
 
+// Steps until a rebuild switches readers to its generation (bounded).
+void run_until_switched(mire::projector& p, const mire::lease& held) {
+  bool switched = false;
+  for (int i = 0; i < 100 && !switched; ++i) {
+    auto r = p.step(held);
+    REQUIRE_MESSAGE(r, r.error().what());
+    switched = r->switched;
+  }
+  REQUIRE(switched);
+}
+
 // Steps `n` times over full pages (batches of 10); returns where each step ended.
 std::vector<mire::checkpoint> steps(mire::projector& p, const mire::lease& held, int n) {
   std::vector<mire::checkpoint> out;
@@ -375,13 +386,7 @@ TEST_SUITE("pg") {
     CHECK_FALSE(st->rebuild_requested);
     CHECK(view(store) == expected); // the old generation serves meanwhile
     append_deposits(store, 4, 2);   // the live one keeps following
-    bool switched = false;
-    for (int i = 0; i < 100 && !switched; ++i) {
-      auto r = p.step(held);
-      REQUIRE_MESSAGE(r, r.error().what());
-      switched = r->switched;
-    }
-    REQUIRE(switched);
+    run_until_switched(p, held);
     st = mire::projection_status_of(store, "balances");
     CHECK(st->live_generation == 2);
     CHECK(st->rebuild_generation == 0);
@@ -583,13 +588,7 @@ TEST_SUITE("pg") {
     CHECK(tries <= 2);
     CHECK(rebuilt == 10);
     CHECK(mire::projection_status_of(store, "balances")->rebuild_generation == 2);
-    bool switched = false;
-    for (int i = 0; i < 100 && !switched; ++i) {
-      auto r = p.step(held);
-      REQUIRE_MESSAGE(r, r.error().what());
-      switched = r->switched;
-    }
-    REQUIRE(switched);
+    run_until_switched(p, held);
     run_until_caught_up(p, held);
     CHECK(view(store) == fold(store));
   }
