@@ -35,4 +35,13 @@ result<void> validate(const runtime_options& o) {
   return validate(o.aggregates);
 }
 
+result<void> validate(const scheduler_options& o) {
+  if (o.policy != "spinning" && o.policy != "sharing" && o.policy != "stealing")
+    return bad_input("scheduler.policy must be \"spinning\", \"sharing\" or \"stealing\", got '" +
+                     o.policy + "'");
+  if (o.threads > 256)
+    return bad_input("scheduler.threads must be at most 256, got " + std::to_string(o.threads));
+  return {};
+}
+
 } // namespace mire::actors

@@ -44,6 +44,20 @@ struct runtime::impl {
   }
 };
 
+void configure_scheduler(caf::actor_system_config& cfg, const scheduler_options& options) {
+  // CAF 0.17 names the policy with an atom (a compile-time literal).
+  cfg.set("scheduler.policy", options.policy == "sharing" ? caf::atom("sharing")
+                                                          : caf::atom("stealing"));
+  if (options.policy == "spinning") {
+    // Work stealing without its middle phase (polls 50 µs apart, which each message lands in):
+    // a short burst of polls (~25 µs), then asleep until a message wakes the thread.
+    cfg.set("work-stealing.aggressive-poll-attempts", 3000);
+    cfg.set("work-stealing.moderate-poll-attempts", 0);
+  }
+  if (options.threads > 0)
+    cfg.set("scheduler.max-threads", options.threads);
+}
+
 runtime::runtime(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
 runtime::runtime(runtime&&) noexcept = default;
 runtime& runtime::operator=(runtime&&) noexcept = default;
@@ -55,12 +69,7 @@ result<runtime> runtime::start(event_store store, runtime_options options) {
   auto p = std::make_unique<impl>();
   p->config = std::make_unique<caf::actor_system_config>();
   add_mire_types(*p->config);
-  // A command crosses several actors; the sharing scheduler wakes a thread at once for each hop
-  // (the stealing default backs off and measured ~2x slower per command here).
-  p->config->set("scheduler.policy", caf::atom("sharing"));
-  // One thread: a hop between the runtime's actors then wakes no other thread (the database work
-  // runs on the store actor's own workers); see config/mire.ini, mire.scheduler.threads.
-  p->config->set("scheduler.max-threads", 1);
+  configure_scheduler(*p->config, scheduler_options{});
   p->own = std::make_unique<caf::actor_system>(*p->config);
   p->system = p->own.get();
   p->options = options;

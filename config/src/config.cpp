@@ -70,7 +70,8 @@ constexpr option_def defs[] = {
     {"mire.aggregates.store_timeout", "MIRE_STORE_TIMEOUT", kind::duration,
      "longest wait of an aggregate actor for the store actor"},
     {"mire.scheduler.policy", "MIRE_SCHEDULER", kind::string,
-     "CAF scheduler: \"sharing\" (wakes at once) or \"stealing\" (CAF's default)"},
+     "CAF scheduler: \"spinning\" (polls briefly, then sleeps until woken), \"sharing\" "
+     "(sleeps at once) or \"stealing\" (CAF's default)"},
     {"mire.scheduler.threads", "MIRE_SCHEDULER_THREADS", kind::integer,
      "CAF scheduler threads (0 = CAF's default: cores, at least 4)"},
 };
@@ -417,8 +418,9 @@ private:
              integer("mire.aggregates.max_retries", defaults.aggregates.max_retries, 0, 1000));
     MIRE_TRY(store_timeout,
              duration("mire.aggregates.store_timeout", defaults.aggregates.store_timeout));
-    MIRE_TRY(policy, string("mire.scheduler.policy", "sharing"));
-    MIRE_TRY(threads, integer("mire.scheduler.threads", 1, 0, 256));
+    MIRE_TRY(policy, string("mire.scheduler.policy", actors::scheduler_options{}.policy));
+    MIRE_TRY(threads, integer("mire.scheduler.threads",
+                              static_cast<int64_t>(actors::scheduler_options{}.threads), 0, 256));
 #undef MIRE_TRY
 
     // The database.
@@ -456,12 +458,12 @@ private:
     }
 
     // The actor system.
-    if (*policy != "sharing" && *policy != "stealing")
-      return bad_input(fmt::format("mire.scheduler.policy must be \"sharing\" or \"stealing\", "
-                                   "got {}{}",
-                                   printable(*policy), from("mire.scheduler.policy")));
     s.scheduler.policy = *policy;
     s.scheduler.threads = static_cast<std::size_t>(*threads);
+    if (!actors::validate(s.scheduler))
+      return bad_input(fmt::format("mire.scheduler.policy must be \"spinning\", \"sharing\" or "
+                                   "\"stealing\", got {}{}",
+                                   printable(*policy), from("mire.scheduler.policy")));
 
     // The replica.
     if (replica->empty()) {
@@ -687,18 +689,13 @@ actors::runtime& runtime_host::runtime() {
 }
 
 result<runtime_host> start_runtime(const settings& s, event_store store) {
-  if (s.scheduler.policy != "sharing" && s.scheduler.policy != "stealing")
-    return bad_input("mire.scheduler.policy must be \"sharing\" or \"stealing\", got " +
-                     printable(s.scheduler.policy));
+  if (auto ok = actors::validate(s.scheduler); !ok)
+    return error{errc::bad_input, "mire." + ok.error().message};
   if (auto ok = actors::validate(s.runtime); !ok)
     return error{errc::bad_input, "mire." + ok.error().message};
   auto p = std::make_unique<runtime_host::impl>();
   actors::add_mire_types(p->config);
-  // CAF 0.17 names the policy with an atom (a compile-time literal).
-  p->config.set("scheduler.policy",
-                s.scheduler.policy == "sharing" ? caf::atom("sharing") : caf::atom("stealing"));
-  if (s.scheduler.threads > 0)
-    p->config.set("scheduler.max-threads", s.scheduler.threads);
+  actors::configure_scheduler(p->config, s.scheduler);
   p->system = std::make_unique<caf::actor_system>(p->config);
   auto rt = actors::runtime::start(*p->system, std::move(store), s.runtime);
   if (!rt)

@@ -71,7 +71,7 @@ TEST_SUITE("config") {
       CHECK(s->runtime.aggregates.passivate_after == defaults.aggregates.passivate_after);
       CHECK(s->runtime.aggregates.max_retries == defaults.aggregates.max_retries);
       CHECK(s->runtime.aggregates.store_timeout == defaults.aggregates.store_timeout);
-      CHECK(s->scheduler.policy == "sharing");
+      CHECK(s->scheduler.policy == "spinning");
       CHECK(s->scheduler.threads == 1);
       CHECK(s->replica_id_derived);
       CHECK(s->store.application_name == "mire/" + s->replica_id);

@@ -209,6 +209,43 @@ TEST_SUITE("pg") {
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "every scheduler policy answers concurrent senders and sleeps in between") {
+    for (const std::string policy : {"spinning", "sharing", "stealing"}) {
+      CAPTURE(policy);
+      caf::actor_system_config cfg;
+      mire::actors::add_mire_types(cfg);
+      mire::actors::configure_scheduler(cfg, {policy, 1});
+      caf::actor_system sys{cfg};
+      auto rt = runtime::start(sys, store).value();
+      constexpr int senders = 4, commands = 25;
+      std::vector<std::thread> threads;
+      std::atomic<int> accepted{0};
+      for (int t = 0; t < senders; ++t)
+        threads.emplace_back([&, t] {
+          const auto id = "account-" + policy + "-" + std::to_string(t);
+          if (rt.send<account>(id, bank::open{"Ada"}, 10s))
+            ++accepted;
+          for (int k = 0; k < commands; ++k) {
+            // Now and then idle long enough for the scheduler thread to fall asleep.
+            if (k % 5 == 0)
+              std::this_thread::sleep_for(2ms);
+            if (rt.send<account>(id, bank::deposit{1, "d" + std::to_string(k)}, 10s))
+              ++accepted;
+          }
+        });
+      for (auto& th : threads)
+        th.join();
+      CHECK(accepted == senders * (commands + 1));
+      for (int t = 0; t < senders; ++t)
+        CHECK(fold(store, "account-" + policy + "-" + std::to_string(t)).state.balance == commands);
+    }
+    CHECK_FALSE(mire::actors::validate(mire::actors::scheduler_options{"fast", 1}));
+    CHECK(mire::actors::validate(mire::actors::scheduler_options{"fast", 1})
+              .error()
+              .message.find("'fast'") != std::string::npos);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
                     "an aggregate type is configured before its first use") {
     auto rt = start(store);
     mire::actors::aggregate_options bad;

@@ -26,6 +26,7 @@
 namespace caf {
 class actor;
 class actor_system;
+class actor_system_config;
 } // namespace caf
 
 namespace mire::actors {
@@ -66,6 +67,10 @@ template <class A> struct loaded {
   A state;
   int64_t version = 0;
 };
+
+/// Sets a valid scheduler policy and thread count (validate) on `cfg`, before its actor system
+/// is constructed.
+void configure_scheduler(caf::actor_system_config& cfg, const scheduler_options& options);
 
 /// Owns (or borrows) an actor system, the store actor in front of the event store, and one
 /// registry per aggregate type, created on first use. Thread-safe: any thread may send.

@@ -24,16 +24,7 @@
 namespace mire::config {
 
 /// The actor system's scheduler (CAF's), for runtimes started with start_runtime().
-struct scheduler_options {
-  /// "sharing": one queue, idle threads wait on a condition variable and wake at once (lowest
-  /// request/reply latency on few cores); "stealing": CAF's default, per-thread queues, idle
-  /// threads poll and sleep between polls (tens of microseconds per hop when lightly loaded).
-  std::string policy = "sharing";
-  /// Scheduler threads; 0 = CAF's default (the number of cores, at least 4). One by default: the
-  /// actors hand each command on several times, and on one thread a hop needs no wake-up (the
-  /// blocking database work runs on the store's own worker threads anyway).
-  std::size_t threads = 1;
-};
+using scheduler_options = actors::scheduler_options;
 
 /// The effective configuration.
 struct settings {
