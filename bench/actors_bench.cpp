@@ -113,7 +113,7 @@ sizes sizes_for(double scale) {
     return std::max<int64_t>(min, static_cast<int64_t>(std::llround(n * scale)));
   };
   sizes s;
-  s.rounds = scale >= 0.5 ? 5 : scale >= 0.1 ? 3 : 2;
+  s.rounds = scale >= 0.5 ? 9 : scale >= 0.1 ? 3 : 2;
   s.per_sender_16 = scaled(250, 10);
   s.per_sender_1 = scaled(1500, 100);
   return s;
