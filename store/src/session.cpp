@@ -832,6 +832,20 @@ error in_doubt(error err) {
   return with_context(std::move(err), "group commit");
 }
 
+// A group member left out for a stale expectation may be a resend of an append that did commit
+// (the connection broke before the answer came; rule 2): its event ids tell, and it then gets
+// the original positions, as a repeated single append does. Otherwise it is a conflict.
+result<append_result> stale_or_repeated(pg::connection& conn, const statements& sql,
+                                        const stream_append& a, int64_t actual) {
+  const auto ids = array_literal(a.events, [](auto& e) -> std::string_view { return e.event_id; });
+  auto previous = find_previous_append(conn, sql, a.stream_id, a.events, ids);
+  if (!previous)
+    return previous.error();
+  if (*previous)
+    return **previous;
+  return conflict(a.stream_id, a.expected.value(), actual);
+}
+
 // The group with exact expectations only (see statements::append_group_exact). Members absent
 // from what was inserted had a stale expectation: one more query reads their actual versions.
 result<std::vector<result<append_result>>>
@@ -892,7 +906,7 @@ append_group_exact(pg::connection& conn, const statements& sql,
     if (auto it = done.find(a.stream_id); it != done.end())
       out.push_back(append_result{it->second.version, it->second.first, it->second.last, false});
     else
-      out.push_back(conflict(a.stream_id, a.expected.value(), actual[a.stream_id]));
+      out.push_back(stale_or_repeated(conn, sql, a, actual[a.stream_id]));
   }
   return out;
 }
@@ -963,7 +977,7 @@ result<std::vector<result<append_result>>> append_group(pg::connection& conn,
     if (outcome == "ok") {
       out.push_back(append_result{r->int64(row, 1), r->int64(row, 2), r->int64(row, 3), false});
     } else if (outcome == "conflict") {
-      out.push_back(conflict(a.stream_id, a.expected.value(), r->int64(row, 4)));
+      out.push_back(stale_or_repeated(conn, sql, a, r->int64(row, 4)));
     } else {
       // A unique key fired: a repeated append or a lost race. The single-append path already
       // tells these apart (and retries "any"), so let it decide, alone, now the group is done.

@@ -125,6 +125,52 @@ TEST_CASE_FIXTURE(mire::test::pg_fixture, "a resent group reports the original a
 }
 
 TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                  "a resent group of exact expectations reports the original appends, not a "
+                  "conflict") {
+  // As after a connection lost during the commit: the same appends, same event ids, again.
+  REQUIRE(store.append("x-2", expected_version::no_stream(), {one(0)}));
+  std::vector<stream_append> group{{"x-1", expected_version::no_stream(), {one(1), one(2)}},
+                                   {"x-2", expected_version::exactly(1), {one(3)}},
+                                   {"x-3", expected_version::no_stream(), {one(4)}}};
+  auto first = store.append_group(group);
+  REQUIRE_MESSAGE(first, first.error().what());
+  auto check_again = [&](mire::event_store& s, const std::vector<stream_append>& resent) {
+    auto again = s.append_group(resent);
+    REQUIRE_MESSAGE(again, again.error().what());
+    REQUIRE(again->size() == resent.size());
+    for (std::size_t i = 0; i < resent.size(); ++i) {
+      CAPTURE(resent[i].stream_id);
+      REQUIRE_MESSAGE((*again)[i], (*again)[i].error().what());
+      CHECK((*again)[i]->duplicate);
+      CHECK((*again)[i]->version == (*first)[i]->version);
+      CHECK((*again)[i]->first_position == (*first)[i]->first_position);
+      CHECK((*again)[i]->last_position == (*first)[i]->last_position);
+    }
+  };
+  check_again(store, group); // this store knows the heads: no probe, the unique key fires
+  auto fresh = mire::event_store::open({url, "mire", 2}).value();
+  check_again(fresh, group); // a store that knows nothing: the probe filters them out
+  // Alongside a new append, which still commits; a real conflict is still one.
+  auto mixed = group;
+  mixed.push_back({"x-4", expected_version::no_stream(), {one(5)}});
+  mixed.push_back({"x-2", expected_version::exactly(1), {one(6)}});
+  mixed.erase(mixed.begin() + 1); // x-2's resend out: x-2 now appears once, stale
+  auto r = fresh.append_group(mixed);
+  REQUIRE_MESSAGE(r, r.error().what());
+  CHECK((*r)[0]->duplicate);
+  CHECK((*r)[1]->duplicate);
+  REQUIRE((*r)[2]);
+  CHECK_FALSE((*r)[2]->duplicate);
+  REQUIRE_FALSE((*r)[3]);
+  CHECK((*r)[3].error().code == errc::version_conflict);
+  CHECK((*r)[3].error().actual == 2);
+  CHECK(store.stream_version("x-1").value() == 2);
+  CHECK(store.stream_version("x-2").value() == 2);
+  CHECK(store.stream_version("x-3").value() == 1);
+  CHECK(store.stream_version("x-4").value() == 1);
+}
+
+TEST_CASE_FIXTURE(mire::test::pg_fixture,
                   "groups racing single writers on the same streams keep versions dense") {
   constexpr int streams = 10, rounds = 60;
   std::atomic<int> group_ok{0}, single_ok{0};
