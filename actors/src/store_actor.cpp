@@ -233,6 +233,14 @@ struct group_release {
   }
 };
 
+// An exception (bad_alloc, say) may come before the commit or after it: each member's outcome
+// is then unknown, and its caller must not take it for "not recorded".
+caf::error in_doubt_after(std::string what) {
+  return to_caf(mire::error{errc::commit_in_doubt,
+                            "the group commit failed on the way (" + what +
+                                "): this append may or may not be recorded"});
+}
+
 std::vector<append_outcome> run_group(event_store& store, work& w) {
   std::vector<stream_append> group;
   for (auto& j : w.jobs)
@@ -240,9 +248,10 @@ std::vector<append_outcome> run_group(event_store& store, work& w) {
   try {
     return commit(store, group);
   } catch (const std::exception& ex) {
-    return std::vector<append_outcome>(group.size(), append_outcome{{}, internal_error("append", ex)});
+    return std::vector<append_outcome>(group.size(), append_outcome{{}, in_doubt_after(ex.what())});
   } catch (...) {
-    return std::vector<append_outcome>(group.size(), append_outcome{{}, unknown_failure("append")});
+    return std::vector<append_outcome>(group.size(),
+                                       append_outcome{{}, in_doubt_after("an unknown exception")});
   }
 }
 
@@ -290,7 +299,9 @@ void store_worker(caf::blocking_actor*, std::shared_ptr<work_queue> q,
         }
         outcomes = run_group(*store, w);
         // Callers first (a waiting thread goes on now), then the streams; each hook on its own:
-        // one that throws changes no outcome.
+        // one that throws changes no outcome. The outcomes leave before the streams are
+        // released, so the answer to a later append to the same stream (a later group, maybe on
+        // another worker) cannot overtake them.
         for (std::size_t i = 0; i < outcomes.size(); ++i) {
           if (w.jobs[i].hook && !outcomes[i].error) {
             try {
@@ -299,8 +310,8 @@ void store_worker(caf::blocking_actor*, std::shared_ptr<work_queue> q,
             }
           }
         }
+        answer(std::move(tokens), std::move(outcomes));
       }
-      answer(std::move(tokens), std::move(outcomes));
     } else if (first.kind == queued::load) {
       try {
         answer(first.token, load_stream(*store, first.to_load));
