@@ -24,6 +24,7 @@ namespace {
 using detail::store_access;
 
 constexpr std::size_t max_identifier = 50; // leaves room for "_g<generation>" within 63
+constexpr std::size_t max_stored_error = 2000; // of a handler's message kept in status / dead letters
 constexpr int retries_per_step = 100;
 
 bool plain_identifier(std::string_view s) {
@@ -707,9 +708,12 @@ struct projector::impl {
   // The handler refused `e`: park it (and move past it) or stop the projection, fenced.
   result<void> poison(const lease& held, int32_t generation, checkpoint after,
                       const recorded_event& e, const error& why) {
+    // The handler's message is the user's text: stored as printable UTF-8 (Postgres refuses
+    // invalid UTF-8 and NUL, and the park or stop would then fail at every step).
+    const auto reason = detail::printable(why.what(), max_stored_error);
     const auto what = fmt::format("event {} ({} v{} {}, checkpoint {}) in generation {}: {}",
                                   e.event_id, e.stream_id, e.version, e.type,
-                                  e.checkpoint().to_string(), generation, why.what());
+                                  e.checkpoint().to_string(), generation, reason);
     auto f = begin_fenced(held);
     if (!f)
       return f.error();
@@ -742,7 +746,7 @@ struct projector::impl {
     const auto pos = std::to_string(e.global_position);
     const auto version = std::to_string(e.version);
     auto p = f->q("mire_proj_park", sql->park,
-                  {def.name, gen, tx, pos, e.event_id, e.stream_id, version, e.type, why.what()});
+                  {def.name, gen, tx, pos, e.event_id, e.stream_id, version, e.type, reason});
     if (!p)
       return p.error();
     const auto fence = std::to_string(held.fence_token);
@@ -883,7 +887,8 @@ struct projector::impl {
         if (transient(ok.error()))
           return ok.error();
         auto failed =
-            run(store, "mire_proj_retry_failed", sql->retry_failed, {id, ok.error().what()});
+            run(store, "mire_proj_retry_failed", sql->retry_failed,
+                {id, detail::printable(ok.error().what(), max_stored_error)});
         if (!failed)
           return failed.error();
         continue;
@@ -966,7 +971,7 @@ struct projector::impl {
         // A rebuild that cannot start must not hold the live generation up: drop the request
         // and say why (status error; the state stays running).
         (void)run(store, "mire_proj_rebuild_failed", sql->rebuild_failed,
-                  {def.name, s.error().what()});
+                  {def.name, detail::printable(s.error().what(), max_stored_error)});
         return s.error();
       }
       generations[next] = checkpoint{};
@@ -1030,8 +1035,8 @@ result<projector> projector::create(event_store store, projection_definition def
     return bad_input(fmt::format("batch size of projection {} must be at least 1", def.name));
   if (auto ok = detail::check_schema_name(def.schema); !ok)
     return ok.error();
-  if (auto ok = detail::check_category(def.filter.category); !ok)
-    return ok.error();
+  if (auto ok = detail::check_filter(def.filter); !ok)
+    return error{errc::bad_input, "projection " + def.name + ": " + ok.error().message};
   for (const auto& t : def.tables)
     if (!plain_identifier(t))
       return bad_input(fmt::format("table '{}' of projection {} must be 1-{} characters of a-z, "

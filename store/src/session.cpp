@@ -314,8 +314,7 @@ ORDER BY r.idx)sql");
                       "FROM {s}.events WHERE transaction_id = pg_current_xact_id()");
 }
 
-std::string printable(std::string_view value) {
-  constexpr std::size_t max_chars = 120;
+std::string printable(std::string_view value, std::size_t max_chars) {
   std::string out;
   for (std::size_t i = 0; i < value.size() && out.size() < max_chars;) {
     const auto n = utf8_sequence(value, i);
@@ -547,20 +546,26 @@ recorded_event event_row(const pg::rows& r, int row) {
   return to_event(r, row, 1, r.str(row, 0));
 }
 
+result<void> check_filter(const log_filter& filter) {
+  if (auto ok = check_category(filter.category); !ok)
+    return ok;
+  for (const auto& type : filter.types)
+    if (!check_type(type, 0))
+      return bad_input(fmt::format("event type '{}' in the filter must be 1-{} characters of "
+                                   "letters, digits and _ . - : / $ @",
+                                   printable(type), max_type_bytes));
+  return {};
+}
+
 result<log_page> read_all(pg::connection& conn, const statements& sql, checkpoint after,
                           std::size_t limit, const log_filter& filter) {
   if (filter.types.empty())
     return read_all(conn, sql, after, limit, filter.category);
   if (limit == 0)
     return bad_input("read limit must be at least 1");
-  if (auto ok = check_category(filter.category); !ok)
+  if (auto ok = check_filter(filter); !ok)
     return ok.error();
-  std::vector<std::string_view> types;
-  for (std::size_t i = 0; i < filter.types.size(); ++i) {
-    if (auto ok = check_type(filter.types[i], i); !ok)
-      return ok.error();
-    types.push_back(filter.types[i]);
-  }
+  const std::vector<std::string_view> types(filter.types.begin(), filter.types.end());
   const auto tx = std::to_string(after.transaction_id);
   const auto pos = std::to_string(after.position);
   const auto lim = std::to_string(std::min<std::size_t>(limit, INT64_MAX));

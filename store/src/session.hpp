@@ -72,7 +72,12 @@ result<std::vector<result<append_result>>> append_group(pg::connection& conn,
 /// ISO 8601 ("2026-11-26T07:05:41.12Z"); other text ("-infinity") is kept as it is.
 std::string iso_time(std::string_view pg_time);
 
-/// A value for an error message: control bytes and invalid UTF-8 escaped, long values cut.
-std::string printable(std::string_view value);
+/// A value for an error message: control bytes and invalid UTF-8 escaped, values longer than
+/// `max_chars` cut. Also what text from user code (a handler's error) becomes before it is
+/// stored: Postgres refuses invalid UTF-8 and NUL bytes.
+std::string printable(std::string_view value, std::size_t max_chars = 120);
+
+/// A log filter's category and event types (read_all, projections).
+result<void> check_filter(const log_filter& filter);
 
 } // namespace mire::detail

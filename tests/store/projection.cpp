@@ -330,6 +330,59 @@ TEST_SUITE("pg") {
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a handler's refusal with invalid UTF-8 and a NUL byte is recorded, escaped") {
+    // Postgres refuses such text: stored as it came, the park or stop would fail at every step.
+    const std::string hostile("refused \xff\xfe here\0 and after", 30);
+    for (auto policy : {mire::poison_policy::park, mire::poison_policy::stop}) {
+      CAPTURE(static_cast<int>(policy));
+      const std::string name = policy == mire::poison_policy::park ? "hostile_park" : "hostile_stop";
+      mire::projection_definition def = balances_projection();
+      def.name = name;
+      def.tables = {name};
+      def.setup = [name](mire::transaction& tx, const mire::projection_context& ctx)
+          -> mire::result<void> {
+        if (auto r = tx.execute("CREATE TABLE " + ctx.table(name) + " (id text)"); !r)
+          return r.error();
+        return {};
+      };
+      def.handler = [hostile](mire::transaction&, const mire::recorded_event&,
+                              const mire::projection_context&) -> mire::result<void> {
+        return mire::error{errc::bad_input, hostile};
+      };
+      def.on_poison = policy;
+      if (policy == mire::poison_policy::park)
+        REQUIRE(store.append("acct-h", expected_version::any(), {deposit(1)}));
+      auto p = make_projector(store, def);
+      auto held = must_acquire(store, mire::projection_resource(name), "r1");
+      auto r = p.step(held);
+      REQUIRE_MESSAGE(r, r.error().what());
+      auto st = mire::projection_status_of(store, name);
+      REQUIRE(st);
+      if (policy == mire::poison_policy::park) {
+        CHECK(r->parked == 1);
+        auto dead = mire::dead_letters(store, name);
+        REQUIRE(dead);
+        REQUIRE(dead->size() == 1);
+        CHECK(dead->front().error.find("refused \\xff\\xfe here\\x00 and after") !=
+              std::string::npos);
+      } else {
+        CHECK(r->stopped);
+        CHECK(st->state == "stopped");
+        CHECK(st->error.find("refused \\xff\\xfe here\\x00 and after") != std::string::npos);
+      }
+    }
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture, "a projection's event type filter is checked") {
+    auto def = balances_projection();
+    def.filter.types = {"acct.deposited", "no spaces allowed"};
+    auto p = mire::projector::create(store, def);
+    REQUIRE_FALSE(p);
+    CHECK(p.error().code == errc::bad_input);
+    CHECK(p.error().message.find("'no spaces allowed'") != std::string::npos);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
                     "a poison event under stop stops the projection with the error recorded") {
     append_deposits(store, 2, 3);
     auto bad = store.append("acct-0", expected_version::any(), {{"acct.poison", "{}", "{}", {}}});
