@@ -145,6 +145,47 @@ error with_context(error e, std::string_view doing) {
 // After a failed append: were these exact events stored before (an idempotent retry)?
 // Returns the original result, a bad_input when only some ids (or another stream) match, or
 // nullopt when none of the ids is stored.
+using row_index = std::unordered_map<std::string, int>; // event id -> row of find_event_ids
+
+row_index index_rows(const pg::rows& found) {
+  row_index row_of;
+  for (int i = 0; i < found.size(); ++i)
+    row_of.emplace(found.str(i, 0), i);
+  return row_of;
+}
+
+// Whether the rows of find_event_ids hold `events` as one earlier append to `stream_id` (each
+// there, in that stream, at consecutive versions): its positions, or bad_input naming the first
+// event that is elsewhere or missing.
+result<append_result> earlier_append(const pg::rows& found, const row_index& row_of,
+                                     std::string_view stream_id,
+                                     const std::vector<event_data>& events) {
+  append_result original;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    auto it = row_of.find(events[i].event_id);
+    const bool same = it != row_of.end() && found.text(it->second, 1) == stream_id &&
+                      (i == 0 || found.int64(it->second, 2) == original.version + 1);
+    if (!same) {
+      const auto where =
+          it == row_of.end()
+              ? std::string("is not stored")
+              : fmt::format("is stored in stream '{}' at version {}",
+                            printable(found.text(it->second, 1)), found.int64(it->second, 2));
+      return bad_input(fmt::format(
+          "event id {} {}, while event id {} of the same append to '{}' is stored in stream "
+          "'{}' at version {}: a retried append must resend the same events to the same stream",
+          events[i].event_id, where, found.str(0, 0), printable(stream_id),
+          printable(found.text(0, 1)), found.int64(0, 2)));
+    }
+    original.version = found.int64(it->second, 2);
+    const auto pos = found.int64(it->second, 3);
+    original.first_position = i == 0 ? pos : std::min(original.first_position, pos);
+    original.last_position = std::max(original.last_position, pos);
+  }
+  original.duplicate = true;
+  return original;
+}
+
 result<std::optional<append_result>> find_previous_append(pg::connection& conn,
                                                           const statements& sql,
                                                           std::string_view stream_id,
@@ -155,27 +196,10 @@ result<std::optional<append_result>> find_previous_append(pg::connection& conn,
     return with_context(std::move(found).error(), "checking for a repeated append");
   if (found->empty())
     return std::optional<append_result>{};
-  std::unordered_map<std::string, int> row_of;
-  for (int i = 0; i < found->size(); ++i)
-    row_of.emplace(found->str(i, 0), i);
-  append_result original;
-  for (std::size_t i = 0; i < events.size(); ++i) {
-    auto it = row_of.find(events[i].event_id);
-    const bool same = it != row_of.end() && found->text(it->second, 1) == stream_id &&
-                      (i == 0 || found->int64(it->second, 2) == original.version + 1);
-    if (!same) {
-      return bad_input(fmt::format(
-          "event id {} is already stored in stream '{}' at version {}; a retried append must "
-          "resend the same events to the same stream",
-          found->str(0, 0), printable(found->text(0, 1)), found->int64(0, 2)));
-    }
-    original.version = found->int64(it->second, 2);
-    const auto pos = found->int64(it->second, 3);
-    original.first_position = i == 0 ? pos : std::min(original.first_position, pos);
-    original.last_position = std::max(original.last_position, pos);
-  }
-  original.duplicate = true;
-  return std::optional<append_result>{original};
+  auto original = earlier_append(*found, index_rows(*found), stream_id, events);
+  if (!original)
+    return original.error();
+  return std::optional<append_result>{*original};
 }
 
 } // namespace
@@ -691,18 +715,21 @@ result<batch_result> append_batch(pg::connection& conn, const statements& sql,
     if (!found)
       return result<batch_result>{found.error()};
     if (found->size() == static_cast<int>(event_count)) {
+      // Every id is stored: a resend, if each stream's events are where this batch puts them.
+      const auto row_of = index_rows(*found);
       batch_result again;
       again.duplicate = true;
       again.events = static_cast<int64_t>(event_count);
-      std::unordered_map<std::string, int64_t> version_of;
-      for (int i = 0; i < found->size(); ++i) {
-        auto& v = version_of[found->str(i, 1)];
-        v = std::max(v, found->int64(i, 2));
+      for (const auto& s : batch) {
+        auto original = earlier_append(*found, row_of, s.stream_id, s.events);
+        if (!original)
+          return result<batch_result>{original.error()};
+        again.versions.push_back(original->version);
+        again.first_position = again.first_position == 0
+                                   ? original->first_position
+                                   : std::min(again.first_position, original->first_position);
+        again.last_position = std::max(again.last_position, original->last_position);
       }
-      for (const auto& s : batch)
-        again.versions.push_back(version_of[s.stream_id]);
-      again.first_position = found->int64(0, 3);
-      again.last_position = found->int64(found->size() - 1, 3);
       return again;
     }
     if (!found->empty())

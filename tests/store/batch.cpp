@@ -217,6 +217,24 @@ TEST_SUITE("pg") {
       CHECK(whole_log(store).size() == stored);
       CHECK(store.stream_version("ship-9").value() == 0);
     }
+
+    SUBCASE("stored events sent again to other streams are refused, not taken for a resend") {
+      // Every id is stored, but not where this batch puts it: nothing of it is recorded.
+      auto moved = batch;
+      std::swap(moved[0].stream_id, moved[1].stream_id);
+      auto r = store.append_batch(moved);
+      REQUIRE_FALSE(r);
+      CHECK(r.error().code == errc::bad_input);
+      CHECK(r.error().message.find("stored in stream") != std::string::npos);
+      std::vector<stream_append> elsewhere{
+          {"ship-10", expected_version::no_stream(), {batch[1].events[0]}}};
+      r = store.append_batch(elsewhere);
+      REQUIRE_FALSE(r);
+      CHECK(r.error().code == errc::bad_input);
+      CHECK(r.error().message.find(batch[1].events[0].event_id) != std::string::npos);
+      CHECK(store.stream_version("ship-10").value() == 0);
+      CHECK(whole_log(store).size() == stored);
+    }
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
