@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 
@@ -180,21 +181,41 @@ struct pooled_connection {
 
 namespace {
 
+// A resend after an attempt whose commit is in doubt settles it only with an answer from the
+// database (stored, a duplicate, a conflict, bad input). Failing again without one (no
+// connection, lost again) leaves it in doubt, and the caller must hear that, with the first
+// attempt's message naming what to resend.
+bool settles(const error& e) {
+  return e.code != errc::unavailable && e.code != errc::timeout &&
+         e.code != errc::commit_in_doubt && e.code != errc::internal;
+}
+
+template <class R> R after_doubt(const std::optional<error>& doubt, R resend) {
+  if (resend || !doubt || settles(resend.error()))
+    return resend;
+  error e = *doubt;
+  e.message += "; the resend failed too: " + resend.error().message;
+  return R{std::move(e)};
+}
+
 // Runs `op(conn)` on a pooled connection. A connection lost on the way (the server restarted,
 // an idle connection went stale) is replaced once and the operation run again: every operation
 // passed here is safe to repeat (reads, and appends, which are idempotent by event id).
 template <class F> auto with_connection(const std::shared_ptr<detail::store_impl>& impl, F&& op) {
   using R = std::invoke_result_t<F, pg::connection&>;
+  std::optional<error> doubt; // the first attempt's, when its commit is in doubt
   for (int attempt = 0;; ++attempt) {
     auto c = impl->acquire();
     if (!c)
-      return R{c.error()};
+      return after_doubt(doubt, R{c.error()});
     detail::pooled_connection held{impl, std::move(*c)};
     auto r = op(*held.conn);
     const bool lost = !held.conn->healthy();
     impl->release(std::move(held.conn));
     if (r || !lost || attempt > 0)
-      return r;
+      return after_doubt(doubt, std::move(r));
+    if (r.error().code == errc::commit_in_doubt)
+      doubt = r.error();
     impl->drop_idle();
   }
 }
@@ -230,10 +251,11 @@ result<append_result> event_store::append(std::string_view stream_id, expected_v
                                           std::vector<event_data> events) {
   if (auto ok = detail::check_append(stream_id, events, impl_->options); !ok)
     return ok.error();
+  std::optional<error> doubt; // the first attempt's, when its commit is in doubt
   for (int attempt = 0;; ++attempt) {
     auto c = impl_->acquire();
     if (!c)
-      return c.error();
+      return after_doubt(doubt, result<append_result>{c.error()});
     detail::pooled_connection held{impl_, std::move(*c)};
     const bool known = !expected.is_any() && impl_->knows(stream_id, expected.value());
     auto r = detail::append(*held.conn, impl_->sql, detail::tx_mode::autocommit, stream_id,
@@ -245,12 +267,13 @@ result<append_result> event_store::append(std::string_view stream_id, expected_v
     // In doubt: resend once on a fresh connection. The event ids make the resend idempotent, so
     // it either stores the events or reports the first attempt's positions.
     if (!r && r.error().code == errc::commit_in_doubt && attempt == 0) {
+      doubt = r.error();
       held.conn.reset();
       impl_->release(nullptr);
       impl_->drop_idle();
       continue;
     }
-    return r;
+    return after_doubt(doubt, std::move(r));
   }
 }
 

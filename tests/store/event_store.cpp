@@ -424,6 +424,63 @@ TEST_SUITE("pg") {
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "an append whose connection broke stays in doubt when the resend cannot "
+                    "connect") {
+    // Raw connections: one holds (doubt-1, 1) in the unique index so that the append waits on it
+    // mid-statement; the other kills the append's backend and closes the database to newcomers.
+    // The admin is on another database: Postgres cannot close the one it is connected to.
+    auto raw = [&](const char* other_db = nullptr) {
+      const char* keys[] = {"dbname", other_db ? "dbname" : nullptr, nullptr};
+      const char* values[] = {url.c_str(), other_db, nullptr};
+      PGconn* c = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
+      REQUIRE(PQstatus(c) == CONNECTION_OK);
+      return std::unique_ptr<PGconn, decltype(&PQfinish)>{c, &PQfinish};
+    };
+    auto exec = [](PGconn* c, const std::string& q) {
+      PGresult* r = PQexec(c, q.c_str());
+      const auto status = PQresultStatus(r);
+      std::string first = PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
+      const std::string failure = PQresultErrorMessage(r);
+      PQclear(r);
+      REQUIRE_MESSAGE((status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK), q, ": ", failure);
+      return first;
+    };
+    auto blocker = raw(), admin = raw("postgres");
+    exec(blocker.get(), "BEGIN");
+    exec(blocker.get(), "INSERT INTO mire.events (stream_id, version, event_id, event_type, "
+                        "payload) VALUES ('doubt-1', 1, gen_random_uuid(), 'x', '{}')");
+    auto options = store.options();
+    options.application_name = "mire-doubt-test";
+    auto victim = mire::event_store::open(options).value();
+    const auto e = with_id("e");
+    mire::result<mire::append_result> r = mire::error{errc::internal, "not run"};
+    std::thread appender([&] { r = victim.append("doubt-1", expected_version::no_stream(), {e}); });
+    std::string waiting = "0";
+    for (int i = 0; i < 200 && waiting == "0"; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      waiting = exec(admin.get(), "SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                                  "= 'mire-doubt-test' AND wait_event_type = 'Lock'");
+    }
+    CHECK(waiting == "1");
+    const auto db = exec(blocker.get(), "SELECT current_database()");
+    exec(admin.get(), "ALTER DATABASE \"" + db + "\" ALLOW_CONNECTIONS false");
+    exec(admin.get(), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                      "application_name = 'mire-doubt-test'");
+    appender.join();
+    exec(admin.get(), "ALTER DATABASE \"" + db + "\" ALLOW_CONNECTIONS true");
+    exec(blocker.get(), "ROLLBACK");
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == errc::commit_in_doubt);
+    CHECK(contains(r.error().message, e.event_id)); // what to resend
+    CHECK(contains(r.error().message, "the resend failed too"));
+    // It had not committed: resent now, it is stored once.
+    auto again = victim.append("doubt-1", expected_version::no_stream(), {e});
+    REQUIRE_MESSAGE(again, again.error().what());
+    CHECK_FALSE(again->duplicate);
+    CHECK(store.stream_version("doubt-1").value() == 1);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
                     "a retry whose event ids only partly match the stored append is refused") {
     const auto e1 = with_id("e"), e2 = with_id("e"), e3 = with_id("e");
     REQUIRE(store.append("part-1", expected_version::no_stream(), {e1, e2}));
