@@ -197,8 +197,14 @@ void maybe_snapshot(aggregate_self self, int64_t before) {
   const int32_t schema = st.model->snapshot_schema();
   if (every <= 0 || schema < 0 || st.version / every == before / every)
     return;
+  std::string state;
+  try {
+    state = st.model->snapshot_state();
+  } catch (const std::exception&) { // a state that does not serialize: no snapshot, no harm
+    return;
+  }
   self->request(st.store, caf::infinite, snapshot_atom::value,
-                mire::snapshot{st.id, st.version, schema, st.model->snapshot_state()})
+                mire::snapshot{st.id, st.version, schema, std::move(state)})
       .then([] {}, [](caf::error&) {});
 }
 

@@ -61,9 +61,11 @@ public:
   /// Applies `e` to the state and queues it for save(). The event id is fixed here, so retrying
   /// a save() that timed out is idempotent.
   void record(const event& e, std::string metadata = "{}") {
-    state_.apply(e);
+    // Encoded first: if that throws, the state has not taken an event that would never be saved.
     auto data = codec::encode(e, std::move(metadata));
     data.event_id = new_uuid();
+    pending_.reserve(pending_.size() + 1);
+    state_.apply(e);
     pending_.push_back(std::move(data));
   }
 
@@ -158,8 +160,12 @@ public:
       const int64_t every = options_.snapshot_every;
       if (r && every > 0 && r->version / every > before / every) {
         // A snapshot only speeds up loading; the events are committed, so a failed snapshot
-        // write must not turn this save into a failure.
-        (void)store_.save_snapshot(make_snapshot(agg));
+        // (a state that does not serialize, e.g. invalid UTF-8 in a string) must not turn this
+        // save into a failure.
+        try {
+          (void)store_.save_snapshot(make_snapshot(agg));
+        } catch (const std::exception&) {
+        }
       }
     }
     return r;
