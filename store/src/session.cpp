@@ -446,6 +446,7 @@ result<append_result> append(pg::connection& conn, const statements& sql, tx_mod
 
   const auto deadline = std::chrono::steady_clock::now() + race_deadline;
   for (;;) {
+    std::string clash; // the unique key that fired, if one did
     auto r = send();
     if (r && r->size() == n) {
       append_result out;
@@ -469,6 +470,7 @@ result<append_result> append(pg::connection& conn, const statements& sql, tx_mod
       }
       if (err.sqlstate != "23505")
         return with_context(std::move(err), fmt::format("append to '{}'", printable(stream_id)));
+      clash = conn.last_constraint();
       // A unique violation aborts an open transaction: end it before asking what happened.
       if (mode == tx_mode::in_transaction)
         (void)conn.exec("ROLLBACK");
@@ -488,6 +490,17 @@ result<append_result> append(pg::connection& conn, const statements& sql, tx_mod
     auto actual = stream_version(conn, sql, stream_id);
     if (!actual)
       return actual.error();
+    // In a transaction the key may have clashed with the transaction's own earlier append, now
+    // rolled back with it: nothing committed is in the way, so it is no conflict to retry.
+    if (mode == tx_mode::in_transaction && clash == "events_event_id")
+      return bad_input(fmt::format("an event id of the append to '{}' ({}) was used earlier in "
+                                   "the same transaction; the transaction was rolled back",
+                                   printable(stream_id), id_array()));
+    if (mode == tx_mode::in_transaction && clash == "events_stream_version" &&
+        !expected.is_any() && *actual == expected.value())
+      return bad_input(fmt::format("stream '{}' was appended to earlier in the same transaction, "
+                                   "expecting version {} too; the transaction was rolled back",
+                                   printable(stream_id), expected.value()));
     if (!expected.is_any() || mode == tx_mode::in_transaction)
       return conflict(std::string(stream_id), expected.is_any() ? -1 : expected.value(), *actual);
     // "any" lost a race for the next version: the winner has committed, so try again.

@@ -553,4 +553,39 @@ TEST_SUITE("pg") {
     CHECK(store.stream_version("tx-1").value() == 1);
   }
 
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a clash with an earlier append of the same transaction is bad input, not a "
+                    "conflict to retry") {
+    // Retrying would clash again: a version conflict here would send callers round in circles.
+    const mire::event_data e{"x", "{}", "{}", mire::new_uuid()};
+    SUBCASE("an event id used twice") {
+      auto tx = store.begin().value();
+      REQUIRE(tx.append("clash-1", expected_version::no_stream(), {e}));
+      auto again = tx.append("clash-2", expected_version::no_stream(), {e});
+      REQUIRE_FALSE(again);
+      CHECK(again.error().code == errc::bad_input);
+      CHECK(again.error().message.find(e.event_id) != std::string::npos);
+      CHECK(again.error().message.find("same transaction") != std::string::npos);
+    }
+    SUBCASE("a stream appended twice expecting the same version") {
+      auto tx = store.begin().value();
+      REQUIRE(tx.append("clash-3", expected_version::no_stream(), {plain_event("y")}));
+      auto again = tx.append("clash-3", expected_version::no_stream(), {plain_event("y")});
+      REQUIRE_FALSE(again);
+      CHECK(again.error().code == errc::bad_input);
+      CHECK(again.error().message.find("clash-3") != std::string::npos);
+    }
+    SUBCASE("another writer first is still a conflict") {
+      auto tx = store.begin().value();
+      REQUIRE(tx.append("clash-4", expected_version::no_stream(), {plain_event("y")}));
+      REQUIRE(store.append("clash-5", expected_version::no_stream(), {plain_event("z")}));
+      auto late = tx.append("clash-5", expected_version::no_stream(), {plain_event("y")});
+      REQUIRE_FALSE(late);
+      CHECK(late.error().code == errc::version_conflict);
+      CHECK(late.error().actual == 1);
+    }
+    for (const char* s : {"clash-1", "clash-2", "clash-3", "clash-4"})
+      CHECK(store.stream_version(s).value() == 0);
+  }
+
 } // TEST_SUITE("pg")
