@@ -23,7 +23,8 @@ errc classify(std::string_view sqlstate) {
   if (cls == "08" || sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03" ||
       sqlstate == "53300")
     return errc::unavailable;
-  if (cls == "22" || sqlstate == "54000")
+  // 22: data exceptions; 54: limits (a value too large, JSON nested too deep for the server).
+  if (cls == "22" || cls == "54")
     return errc::bad_input;
   if (sqlstate == "57014")
     return errc::timeout;

@@ -39,6 +39,11 @@ std::size_t utf8_sequence(std::string_view s, std::size_t i) {
   for (std::size_t k = 1; k < n; ++k)
     if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80)
       return 0;
+  // As Postgres reads UTF-8: no overlong forms, no UTF-16 surrogates, nothing above U+10FFFF.
+  const auto c1 = n > 1 ? static_cast<unsigned char>(s[i + 1]) : 0;
+  if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 >= 0xA0) || (c == 0xF0 && c1 < 0x90) ||
+      c > 0xF4 || (c == 0xF4 && c1 >= 0x90))
+    return 0;
   return n;
 }
 
