@@ -154,6 +154,11 @@ int run_append(const context& ctx, const command_line& cl) {
     return ctx.fail(expected.error());
   const auto* metadata = cl.value("metadata");
   const auto* event_id = cl.value("event-id");
+  // An empty id (a script's unset $ID) would silently become a fresh one, and the retry it was
+  // meant to make safe would store the event twice.
+  if (event_id && event_id->empty())
+    return ctx.fail(bad_input("--event-id is empty: give the event's UUID, or leave the flag out "
+                              "for a new one"));
 
   auto store = ctx.open_store();
   if (!store)

@@ -185,6 +185,7 @@ bad "'{\"amount\":'" append account-1 --type t --data '{"amount":'
 bad "'[1]'" append account-1 --type t --data '{}' --metadata '[1]'
 bad "'a\\x01b'" append $'a\x01b' --type t --data '{}'
 bad "'not-a-uuid'" append account-1 --type t --data '{}' --event-id not-a-uuid
+bad "--event-id is empty" append account-1 --type t --data '{}' --event-id ""
 bad "'bad type'" append account-1 --type 'bad type' --data '{}'
 bad "'frobnicate'" frobnicate
 bad "--type" append account-1 --data '{}'
