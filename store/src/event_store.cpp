@@ -151,7 +151,8 @@ struct store_impl {
   /// Returns a connection; a broken one, or one left inside a transaction, is closed instead.
   void release(std::unique_ptr<pg::connection> c) {
     std::lock_guard lock{mutex};
-    if (c && c->healthy() && !c->in_transaction())
+    // One whose session settings user SQL changed (SET TimeZone ...) is closed, not reused.
+    if (c && c->healthy() && !c->in_transaction() && c->session_as_set_up())
       idle.push_back(std::move(c));
     else
       --open;
@@ -449,6 +450,13 @@ result<sql_rows> transaction::execute(std::string_view sql, const std::vector<sq
   auto r = conn_->conn->query_text(std::string(sql), values);
   if (!r)
     return guard(result<sql_rows>{std::move(r).error()});
+  // COMMIT, ROLLBACK and the like belong to commit() and rollback(): after one, later appends
+  // would run outside any transaction, and a conflict would no longer undo the earlier ones.
+  if (!conn_->conn->in_transaction())
+    return guard(result<sql_rows>{bad_input(fmt::format(
+        "the statement '{}' ended the transaction (use commit() or rollback()); what it "
+        "committed stays committed, and this transaction takes nothing more",
+        detail::printable(sql)))});
   sql_rows out;
   out.affected = r->affected();
   const int cols = PQnfields(r->get());

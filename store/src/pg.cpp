@@ -78,6 +78,7 @@ result<std::unique_ptr<connection>> connection::open(const std::string& url, int
                           "SET client_min_messages = 'warning'");
       !r)
     return r.error();
+  conn->set_up_ = conn->reported_settings();
   return conn;
 }
 
@@ -87,6 +88,24 @@ bool connection::in_transaction() const {
   const auto s = PQtransactionStatus(conn_);
   return s == PQTRANS_INTRANS || s == PQTRANS_INERROR || s == PQTRANS_ACTIVE;
 }
+
+namespace {
+// Session settings the server reports on change, which reads and escaping depend on.
+constexpr const char* watched_settings[] = {"TimeZone", "DateStyle", "IntervalStyle",
+                                            "client_encoding", "standard_conforming_strings"};
+} // namespace
+
+std::string connection::reported_settings() const {
+  std::string out;
+  for (const char* name : watched_settings) {
+    const char* v = PQparameterStatus(conn_, name);
+    out += v ? v : "";
+    out += '\n';
+  }
+  return out;
+}
+
+bool connection::session_as_set_up() const { return reported_settings() == set_up_; }
 
 result<rows> connection::finish(PGresult* r, std::string_view what) {
   last_constraint_.clear();

@@ -80,6 +80,9 @@ public:
   bool healthy() const { return PQstatus(conn_) == CONNECTION_OK; }
   /// In a transaction block (open or failed)?
   bool in_transaction() const;
+  /// Still set up as open() left it (UTC, ISO dates, encoding...), as far as the server reports
+  /// its settings: user SQL in a transaction scope may have changed them for the session.
+  bool session_as_set_up() const;
   PGconn* raw() { return conn_; }
 
 private:
@@ -89,6 +92,8 @@ private:
   std::unordered_set<std::string> prepared_;
   std::unordered_map<std::string, std::string> by_text_; // SQL text -> prepared statement name
   std::string last_constraint_;
+  std::string set_up_; ///< reported_settings() right after connect()
+  std::string reported_settings() const;
   bool last_lost_ = false;
   bool copy_failed_ = false;
 };

@@ -588,4 +588,27 @@ TEST_SUITE("pg") {
       CHECK(store.stream_version(s).value() == 0);
   }
 
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "user SQL cannot end the transaction scope, nor leave settings to the pool") {
+    auto tx = store.begin().value();
+    REQUIRE(tx.append("ctl-1", expected_version::no_stream(), {plain_event("y")}));
+    auto ended = tx.execute("COMMIT");
+    REQUIRE_FALSE(ended);
+    CHECK(ended.error().code == errc::bad_input);
+    CHECK(ended.error().message.find("'COMMIT'") != std::string::npos);
+    // Nothing more runs in it: a later append cannot slip out in autocommit.
+    CHECK_FALSE(tx.append("ctl-2", expected_version::no_stream(), {plain_event("y")}));
+    CHECK(store.stream_version("ctl-2").value() == 0);
+
+    // A session setting changed in a transaction does not reach the next user of the connection.
+    auto tz = store.begin().value();
+    REQUIRE(tz.execute("SET TimeZone = 'Asia/Kolkata'"));
+    REQUIRE(tz.commit());
+    for (int i = 0; i < 4; ++i) { // whichever pooled connection comes next
+      auto events = store.read_stream("ctl-1").value();
+      REQUIRE(events.size() == 1);
+      CHECK(events[0].recorded_at.ends_with("Z"));
+    }
+  }
+
 } // TEST_SUITE("pg")
