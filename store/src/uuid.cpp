@@ -1,18 +1,38 @@
 #include "mire/store/uuid.hpp"
 
+#include <pthread.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <random>
 
 namespace mire {
 
+namespace {
+
+// A child of fork() starts with a copy of its parent's generators: counted here, so that each
+// thread seeds its generator again once it sees a fork it has not seeded after (else parent and
+// child would make the same ids).
+std::atomic<uint64_t> forks{0};
+const int fork_watch = pthread_atfork(nullptr, nullptr, [] { forks.fetch_add(1); });
+
+std::mt19937_64 seeded() {
+  std::random_device rd;
+  std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+  return std::mt19937_64{seq};
+}
+
+} // namespace
+
 std::string new_uuid() {
-  // One generator per thread, seeded once from the OS: no lock on the append path.
-  thread_local std::mt19937_64 gen{[] {
-    std::random_device rd;
-    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
-    return std::mt19937_64{seq};
-  }()};
+  // One generator per thread, seeded from the OS: no lock on the append path.
+  thread_local uint64_t seeded_at = forks.load();
+  thread_local std::mt19937_64 gen = seeded();
+  if (const auto now = forks.load(std::memory_order_relaxed); now != seeded_at) {
+    gen = seeded();
+    seeded_at = now;
+  }
   // Version 7: the millisecond clock first, so ids of events written together sit together in
   // the unique index instead of landing on random pages (measurably cheaper bulk inserts).
   const auto ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(

@@ -1,6 +1,11 @@
 // Pure logic of the store layer: no server needed.
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+
 #include "mire/store/types.hpp"
 #include "mire/store/uuid.hpp"
 
@@ -29,6 +34,29 @@ TEST_CASE("new uuids are well formed, version 7, distinct and time-ordered") {
   CHECK(a[14] == '7');
   CHECK(a.substr(0, 8) <= b.substr(0, 8));  // the leading bits are the millisecond clock
   CHECK_FALSE(mire::is_uuid("not-a-uuid"));
+}
+
+TEST_CASE("a forked child makes other uuids than its parent") {
+  (void)mire::new_uuid(); // the parent's generator exists before the fork
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const auto id = mire::new_uuid();
+    const bool ok = write(fds[1], id.data(), id.size()) == static_cast<ssize_t>(id.size());
+    _exit(ok ? 0 : 1);
+  }
+  close(fds[1]);
+  const auto mine = mire::new_uuid();
+  std::string theirs(36, '\0');
+  REQUIRE(read(fds[0], theirs.data(), theirs.size()) == 36);
+  close(fds[0]);
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK(mire::is_uuid(theirs));
+  // The random tail: a generator state copied by fork would give both the same one.
+  CHECK(mine.substr(19) != theirs.substr(19));
 }
 
 TEST_CASE("a stream's category is its id up to the first dash") {
