@@ -151,12 +151,15 @@ SELECT e.stream_id, e.version, e.global_position, e.transaction_id, e.event_id, 
        e.payload, e.metadata, e.recorded_at, d.id, d.generation
 FROM {s}.projection_dead_letters d JOIN {s}.events e ON e.event_id = d.event_id
 WHERE d.projection = $1 AND d.status = 'retry' ORDER BY d.id LIMIT $2)sql");
+    // (lease still held, dead letter marked applied): held but not marked means an operator
+    // skipped or changed the dead letter meanwhile.
     retry_done = s(R"sql(
-UPDATE {s}.projection_dead_letters SET status = 'applied', updated_at = now()
-WHERE id = $4 AND status = 'retry'
-  AND EXISTS (SELECT 1 FROM {s}.leases l
+WITH held AS (SELECT 1 FROM {s}.leases l
               WHERE l.resource = $1 AND l.owner = $2 AND l.fence_token = $3::bigint
-                AND l.expires_at > clock_timestamp()))sql");
+                AND l.expires_at > clock_timestamp()),
+done AS (UPDATE {s}.projection_dead_letters SET status = 'applied', updated_at = now()
+         WHERE id = $4 AND status = 'retry' AND EXISTS (SELECT 1 FROM held) RETURNING 1)
+SELECT EXISTS (SELECT 1 FROM held), EXISTS (SELECT 1 FROM done))sql");
     retry_failed = s("UPDATE {s}.projection_dead_letters SET status = 'parked', error = $2, "
                      "updated_at = now() WHERE id = $1 AND status = 'retry'");
     status = s(R"sql(
@@ -896,9 +899,13 @@ struct projector::impl {
       auto d = f->q("mire_proj_retry_done", sql->retry_done, {resource, held.owner, fence, id});
       if (!d)
         return d.error();
-      if (d->affected() != 1) {
+      if (d->text(0, 0) != "t") {
         f->tx.rollback();
         return fenced(held);
+      }
+      if (d->text(0, 1) != "t") { // skipped meanwhile: its effects are not wanted
+        f->tx.rollback();
+        continue;
       }
       if (auto c = commit(*f); !c)
         return c.error();

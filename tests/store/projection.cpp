@@ -373,6 +373,45 @@ TEST_SUITE("pg") {
     }
   }
 
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a dead letter skipped while its retry runs stays skipped, its effects undone") {
+    append_deposits(store, 1, 2);
+    REQUIRE(store.append("acct-0", expected_version::any(), {{"acct.poison", "{}", "{}", {}}}));
+    auto def = balances_projection();
+    def.on_poison = mire::poison_policy::park;
+    bool retrying = false, retried = false;
+    const auto base = def.handler;
+    def.handler = [&](mire::transaction& tx, const mire::recorded_event& e,
+                      const mire::projection_context& ctx) -> mire::result<void> {
+      if (e.type != "acct.poison")
+        return base(tx, e, ctx);
+      if (!retrying)
+        return mire::bad_input("acct.poison is not accepted");
+      retried = true;
+      // The retry: an operator skips the dead letter meanwhile, from another connection.
+      auto dead = mire::dead_letters(store, "balances");
+      if (!dead || dead->empty() || !mire::skip_dead_letter(store, dead->front().id))
+        return mire::error{errc::internal, "could not skip the dead letter"};
+      auto r = tx.execute("INSERT INTO " + ctx.table("balances") + " VALUES ('effect', 1)");
+      if (!r)
+        return r.error();
+      return {};
+    };
+    auto p = make_projector(store, def);
+    auto held = must_acquire(store, mire::projection_resource("balances"), "r1");
+    run_until_caught_up(p, held);
+    auto dead = mire::dead_letters(store, "balances").value();
+    REQUIRE(dead.size() == 1);
+    REQUIRE(mire::retry_dead_letter(store, dead.front().id));
+    retrying = true;
+    auto r = p.step(held); // before: reported as a lost lease
+    REQUIRE_MESSAGE(r, r.error().what());
+    CHECK(retried);
+    CHECK(mire::dead_letters(store, "balances")->front().status == "skipped");
+    CHECK_FALSE(view(store).contains("effect"));
+    CHECK(view(store) == fold(store));
+  }
+
   TEST_CASE_FIXTURE(mire::test::pg_fixture, "a projection's event type filter is checked") {
     auto def = balances_projection();
     def.filter.types = {"acct.deposited", "no spaces allowed"};
