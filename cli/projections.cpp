@@ -178,6 +178,15 @@ int follow_rebuild(const context& ctx, event_store& store, const std::string& na
                       "once it runs again ('mire projection resume {}' or 'mire projection reset')",
                       name, one_field(s->error), name)});
     }
+    // Dropped by the driver: its setup failed, or it met an event the handler refuses under the
+    // stop policy. The live generation goes on.
+    if (!s->rebuild_requested && s->rebuild_generation == 0) {
+      end_bar();
+      return ctx.fail(error{errc::internal,
+                            fmt::format("the rebuild of {} was dropped ({}); generation {} stays "
+                                        "live",
+                                        name, one_field(s->error), s->live_generation)});
+    }
 
     // Nobody to do the work: say so once it has lasted a while (and again if it happens again).
     if (s->lease_held) {

@@ -708,9 +708,13 @@ struct projector::impl {
     return done;
   }
 
-  // The handler refused `e`: park it (and move past it) or stop the projection, fenced.
+  // The handler refused `e`: park it (and move past it) or stop the projection, fenced. Under
+  // `stop`, a refusal met by a rebuild ends the rebuild instead: its generation is dropped and
+  // the live one goes on (it either got past this event before or meets it itself), the error
+  // saying why. Stopping the whole projection there would freeze the live read model with no
+  // way out but a code change: resuming would meet the rebuild's refusal again.
   result<void> poison(const lease& held, int32_t generation, checkpoint after,
-                      const recorded_event& e, const error& why) {
+                      const recorded_event& e, const error& why, bool rebuilding) {
     // The handler's message is the user's text: stored as printable UTF-8 (Postgres refuses
     // invalid UTF-8 and NUL, and the park or stop would then fail at every step).
     const auto reason = detail::printable(why.what(), max_stored_error);
@@ -732,6 +736,21 @@ struct projector::impl {
       if (cp->empty() || checkpoint{cp->uint64(0, 0), cp->int64(0, 1)} != after) {
         f->tx.rollback();
         return {};
+      }
+      if (rebuilding) {
+        const auto dropped = context(generation);
+        for (const auto& t : def.tables)
+          if (auto d = f->ddl(fmt::format("DROP TABLE IF EXISTS {}", dropped.table(t))); !d)
+            return d.error();
+        if (auto d = f->q("mire_proj_drop_generation", sql->drop_generation,
+                          {def.name, std::to_string(generation)});
+            !d)
+          return d.error();
+        if (auto r = f->q("mire_proj_rebuild_failed", sql->rebuild_failed,
+                          {def.name, "rebuild dropped: " + what});
+            !r)
+          return r.error();
+        return commit(*f);
       }
       if (auto s = f->q("mire_proj_stop", sql->stop, {def.name, what}); !s)
         return s.error();
@@ -769,6 +788,7 @@ struct projector::impl {
     std::size_t applied = 0, parked = 0;
     bool full = false; // the page was full: more to read
     bool stopped = false;
+    bool dropped = false; // the rebuild met a refusal under `stop` and was dropped
     bool switched = false;
     bool steady = false; // one clean commit of a full page, and nothing else asked for
     checkpoint position;
@@ -850,10 +870,11 @@ struct projector::impl {
         continue;
       }
       const auto& bad = events[first];
-      if (auto p = poison(held, generation, out.position, bad, end->poison); !p)
+      const bool rebuilding = switch_from_if_caught_up > 0;
+      if (auto p = poison(held, generation, out.position, bad, end->poison, rebuilding); !p)
         return p.error();
       if (def.on_poison == poison_policy::stop) {
-        out.stopped = true;
+        (rebuilding ? out.dropped : out.stopped) = true;
         return out;
       }
       ++out.parked;
@@ -1013,6 +1034,10 @@ struct projector::impl {
       out.parked += rebuilt->parked;
       if (rebuilt->stopped) {
         out.stopped = out.caught_up = true;
+        return out;
+      }
+      if (rebuilt->dropped) {
+        out.caught_up = !more;
         return out;
       }
       if (rebuilt->switched) {

@@ -266,7 +266,7 @@ expect_rc 1 "skip of a dead letter skipped already"
 run --json projections
 [[ $(field parked "$(grep '"name":"tally"' <<<"$out")") == 0 ]] || fail "parked after skip: $out"
 
-echo "== stopped projection: resume, reset past the poison event, rebuild refused"
+echo "== stopped projection: resume, rebuild refused, reset past the poison event, rebuild dropped"
 run projection resume halt
 expect_rc 0 "resume"
 [[ $out == "resumed halt" ]] || fail "resume: $out"
@@ -277,6 +277,11 @@ halt_in() { # halt_in STATE: the state of halt is STATE (and, running, it has ca
   [[ $(field state "$line") == "$1" && ($1 == stopped || $(field lag_events "$line") == 0) ]]
 }
 eventually 30 "halt stopped again on its poison event" halt_in stopped
+# Stopped, it refuses a rebuild (it could not start one) and says what to do first.
+run projection rebuild halt --no-wait
+expect_rc 2 "rebuild of a stopped projection"
+expect_in "$err" "halt is stopped" "rebuild of a stopped projection"
+expect_in "$err" "resume or reset it" "rebuild of a stopped projection"
 run --json read-all --category item
 poison_cp=$(field checkpoint "$(grep '"type":"poison"' <<<"$out")")
 run projection reset halt --to "$poison_cp"
@@ -286,15 +291,13 @@ eventually 30 "halt running past its poison event" halt_in running
 run --json projection reset halt --to "$poison_cp"
 [[ $out == "{\"name\":\"halt\",\"checkpoint\":\"$poison_cp\",\"state\":\"running\"}" ]] ||
   fail "reset --json: $out"
-# A rebuild reads the log from the start again, so it meets the poison event and halt stops.
+# A rebuild reads the log from the start again and meets the poison event: under stop the
+# rebuild is dropped, and halt goes on with its live read model.
 run projection rebuild halt --timeout 60s
-expect_rc 1 "rebuild of a projection that stops on the way"
-expect_in "$err" "halt is stopped" "rebuild of a projection that stops on the way"
-# Stopped, it refuses another rebuild (it could not start one) and says what to do first.
-run projection rebuild halt --no-wait
-expect_rc 2 "rebuild of a stopped projection"
-expect_in "$err" "halt is stopped" "rebuild of a stopped projection"
-expect_in "$err" "resume or reset it" "rebuild of a stopped projection"
+expect_rc 1 "rebuild of a projection that refuses an event on the way"
+expect_in "$err" "the rebuild of halt was dropped" "rebuild that refuses an event"
+expect_in "$err" "refused by the handler" "rebuild that refuses an event"
+halt_in running || fail "halt is not running after its rebuild was dropped: $out"
 
 echo "== rebuild: follows to the switch; the read model is complete"
 run projection rebuild tally --timeout 60s

@@ -614,6 +614,39 @@ TEST_SUITE("pg") {
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "under stop, a rebuild that meets a refusal is dropped and live goes on") {
+    append_deposits(store, 2, 3);
+    REQUIRE(store.append("acct-0", expected_version::any(), {{"acct.poison", "{}", "{}", {}}}));
+    auto refuse = std::make_shared<std::atomic<bool>>(false);
+    auto def = balances_projection(refuse); // stop is the default policy
+    auto p = make_projector(store, def);
+    auto held = must_acquire(store, mire::projection_resource("balances"), "r1");
+    CHECK(run_until_caught_up(p, held) == 7); // the old code accepted the event
+    refuse->store(true);                      // the new code refuses it
+    REQUIRE(mire::request_rebuild(store, "balances"));
+    for (int i = 0; i < 20; ++i) {
+      auto r = p.step(held);
+      REQUIRE_MESSAGE(r, r.error().what());
+      CHECK_FALSE(r->stopped);
+      const auto now = mire::projection_status_of(store, "balances");
+      if (!now->rebuild_requested && now->rebuild_generation == 0)
+        break;
+    }
+    auto st = mire::projection_status_of(store, "balances");
+    CHECK(st->state == "running");
+    CHECK(st->rebuild_generation == 0);
+    CHECK_FALSE(st->rebuild_requested);
+    CHECK(st->live_generation == 1);
+    CHECK(st->error.find("rebuild dropped") != std::string::npos);
+    CHECK(st->error.find("acct.poison is not accepted") != std::string::npos);
+    CHECK(sql(store, "SELECT to_regclass('public.balances_g2') IS NULL").rows[0][0] == "t");
+    // The live generation goes on.
+    append_deposits(store, 2, 2);
+    CHECK(run_until_caught_up(p, held) == 4);
+    CHECK(view(store) == fold(store));
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
                     "a batch cancelled midway (the lease was lost) rolls back") {
     append_deposits(store, 2, 10);
     std::atomic<bool> cancel{false};
