@@ -171,16 +171,18 @@ result<append_result> earlier_append(const pg::rows& found, const row_index& row
     const bool same = it != row_of.end() && found.text(it->second, 1) == stream_id &&
                       (i == 0 || found.int64(it->second, 2) == original.version + 1);
     if (!same) {
-      const auto where =
+      const auto what =
           it == row_of.end()
-              ? std::string("is not stored")
-              : fmt::format("is stored in stream '{}' at version {}",
-                            printable(found.text(it->second, 1)), found.int64(it->second, 2));
-      return bad_input(fmt::format(
-          "event id {} {}, while event id {} of the same append to '{}' is stored in stream "
-          "'{}' at version {}: a retried append must resend the same events to the same stream",
-          events[i].event_id, where, found.str(0, 0), printable(stream_id),
-          printable(found.text(0, 1)), found.int64(0, 2)));
+              ? fmt::format("event id {} is not stored, while event id {} of the same append is "
+                            "(stream '{}', version {})",
+                            events[i].event_id, found.str(0, 0), printable(found.text(0, 1)),
+                            found.int64(0, 2))
+              : fmt::format("event id {} is stored in stream '{}' at version {}",
+                            events[i].event_id, printable(found.text(it->second, 1)),
+                            found.int64(it->second, 2));
+      return bad_input(fmt::format("{}; this append to '{}' is not a resend of an earlier one "
+                                   "(a resend must carry the same events to the same stream)",
+                                   what, printable(stream_id)));
     }
     original.version = found.int64(it->second, 2);
     const auto pos = found.int64(it->second, 3);
