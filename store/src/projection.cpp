@@ -1008,8 +1008,10 @@ struct projector::impl {
         return c.error();
     }
     if (retries_queued) {
+      // A retry that fails for now (its handler's service is down, say) stays queued for the
+      // next step; it does not hold the live generation up. A lost lease does.
       auto r = retry_dead_letters(held, generations);
-      if (!r)
+      if (!r && (r.error().code == errc::fenced_out || !transient(r.error())))
         return r.error();
     }
     const bool rebuilding = generations.contains(next);

@@ -412,6 +412,37 @@ TEST_SUITE("pg") {
     CHECK(view(store) == fold(store));
   }
 
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a retry that fails for now stays queued and does not hold live up") {
+    append_deposits(store, 1, 2);
+    REQUIRE(store.append("acct-0", expected_version::any(), {{"acct.poison", "{}", "{}", {}}}));
+    auto def = balances_projection();
+    def.on_poison = mire::poison_policy::park;
+    bool retrying = false;
+    const auto base = def.handler;
+    def.handler = [&](mire::transaction& tx, const mire::recorded_event& e,
+                      const mire::projection_context& ctx) -> mire::result<void> {
+      if (e.type != "acct.poison")
+        return base(tx, e, ctx);
+      if (retrying)
+        return mire::error{errc::unavailable, "the service it needs is down"};
+      return mire::bad_input("acct.poison is not accepted");
+    };
+    auto p = make_projector(store, def);
+    auto held = must_acquire(store, mire::projection_resource("balances"), "r1");
+    run_until_caught_up(p, held);
+    auto dead = mire::dead_letters(store, "balances").value();
+    REQUIRE(dead.size() == 1);
+    REQUIRE(mire::retry_dead_letter(store, dead.front().id));
+    retrying = true;
+    append_deposits(store, 2, 2);
+    auto r = p.step(held);
+    REQUIRE_MESSAGE(r, r.error().what());
+    CHECK(r->applied == 4);
+    CHECK(mire::dead_letters(store, "balances")->front().status == "retry");
+    CHECK(view(store) == fold(store));
+  }
+
   TEST_CASE_FIXTURE(mire::test::pg_fixture, "a projection's event type filter is checked") {
     auto def = balances_projection();
     def.filter.types = {"acct.deposited", "no spaces allowed"};
