@@ -100,6 +100,14 @@ std::vector<mire::checkpoint> steps(mire::projector& p, const mire::lease& held,
   return out;
 }
 
+// Runs `p` until caught up, its one refused event parked, then queues that dead letter's retry.
+void park_and_queue_retry(mire::event_store& store, mire::projector& p, const mire::lease& held) {
+  run_until_caught_up(p, held);
+  auto dead = mire::dead_letters(store, "balances").value();
+  REQUIRE(dead.size() == 1);
+  REQUIRE(mire::retry_dead_letter(store, dead.front().id));
+}
+
 void append_deposits(mire::event_store& store, int accounts, int each) {
   for (int a = 0; a < accounts; ++a)
     for (int i = 0; i < each; ++i)
@@ -399,10 +407,7 @@ TEST_SUITE("pg") {
     };
     auto p = make_projector(store, def);
     auto held = must_acquire(store, mire::projection_resource("balances"), "r1");
-    run_until_caught_up(p, held);
-    auto dead = mire::dead_letters(store, "balances").value();
-    REQUIRE(dead.size() == 1);
-    REQUIRE(mire::retry_dead_letter(store, dead.front().id));
+    park_and_queue_retry(store, p, held);
     retrying = true;
     auto r = p.step(held); // before: reported as a lost lease
     REQUIRE_MESSAGE(r, r.error().what());
@@ -430,10 +435,7 @@ TEST_SUITE("pg") {
     };
     auto p = make_projector(store, def);
     auto held = must_acquire(store, mire::projection_resource("balances"), "r1");
-    run_until_caught_up(p, held);
-    auto dead = mire::dead_letters(store, "balances").value();
-    REQUIRE(dead.size() == 1);
-    REQUIRE(mire::retry_dead_letter(store, dead.front().id));
+    park_and_queue_retry(store, p, held);
     retrying = true;
     append_deposits(store, 2, 2);
     auto r = p.step(held);
