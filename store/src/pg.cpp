@@ -1,5 +1,7 @@
 #include "pg.hpp"
 
+#include <array>
+
 #include <charconv>
 
 #include <fmt/format.h>
@@ -89,23 +91,23 @@ bool connection::in_transaction() const {
   return s == PQTRANS_INTRANS || s == PQTRANS_INERROR || s == PQTRANS_ACTIVE;
 }
 
-namespace {
-// Session settings the server reports on change, which reads and escaping depend on.
-constexpr const char* watched_settings[] = {"TimeZone", "DateStyle", "IntervalStyle",
-                                            "client_encoding", "standard_conforming_strings"};
-} // namespace
-
-std::string connection::reported_settings() const {
-  std::string out;
-  for (const char* name : watched_settings) {
-    const char* v = PQparameterStatus(conn_, name);
-    out += v ? v : "";
-    out += '\n';
-  }
+std::array<std::string, connection::watched_settings.size()> connection::reported_settings() const {
+  std::array<std::string, watched_settings.size()> out;
+  for (std::size_t i = 0; i < watched_settings.size(); ++i)
+    if (const char* v = PQparameterStatus(conn_, watched_settings[i]))
+      out[i] = v;
   return out;
 }
 
-bool connection::session_as_set_up() const { return reported_settings() == set_up_; }
+// On every return to the pool: compared in place, nothing allocated.
+bool connection::session_as_set_up() const {
+  for (std::size_t i = 0; i < watched_settings.size(); ++i) {
+    const char* v = PQparameterStatus(conn_, watched_settings[i]);
+    if ((v ? std::string_view(v) : std::string_view()) != set_up_[i])
+      return false;
+  }
+  return true;
+}
 
 result<rows> connection::finish(PGresult* r, std::string_view what) {
   last_constraint_.clear();

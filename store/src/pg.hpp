@@ -4,6 +4,7 @@
 
 #include <libpq-fe.h>
 
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -92,8 +93,11 @@ private:
   std::unordered_set<std::string> prepared_;
   std::unordered_map<std::string, std::string> by_text_; // SQL text -> prepared statement name
   std::string last_constraint_;
-  std::string set_up_; ///< reported_settings() right after connect()
-  std::string reported_settings() const;
+  /// Session settings the server reports on change, which reads and escaping depend on.
+  static constexpr std::array<const char*, 5> watched_settings{
+      "TimeZone", "DateStyle", "IntervalStyle", "client_encoding", "standard_conforming_strings"};
+  std::array<std::string, watched_settings.size()> set_up_; ///< their values after open()
+  std::array<std::string, watched_settings.size()> reported_settings() const;
   bool last_lost_ = false;
   bool copy_failed_ = false;
 };
