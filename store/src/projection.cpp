@@ -453,9 +453,30 @@ struct projector::impl {
   };
   std::optional<read_ahead> ahead;
 
+  // Events per batch now: def.batch_size, unless a batch outlived the lease. A batch holds the
+  // lease row, so the lease's renewal waits for it and a batch longer than the lease can never
+  // commit; the next try takes half as many events. After `regrow_after` full batches at the
+  // smaller size it doubles again (up to batch_size): a handler that got faster gets its big
+  // batches back, at the cost of one more rolled-back batch when it has not.
+  std::size_t limit = 0;
+  int full_at_limit = 0;
+  static constexpr int regrow_after = 16;
+
   impl(event_store s, projection_definition d)
       : store(std::move(s)), def(std::move(d)), resource(projection_resource(def.name)),
-        sql_texts(store_access::schema(store)) {}
+        sql_texts(store_access::schema(store)), limit(def.batch_size) {}
+
+  void batch_outlived_lease(std::size_t tried) {
+    limit = std::max<std::size_t>(1, tried / 2);
+    full_at_limit = 0;
+  }
+
+  void batch_committed(std::size_t applied) {
+    if (limit >= def.batch_size || applied < limit || ++full_at_limit < regrow_after)
+      return;
+    limit = std::min(def.batch_size, limit * 2);
+    full_at_limit = 0;
+  }
 
   projection_context context(int32_t generation) const {
     return projection_context{def.name, generation, def.schema};
@@ -636,6 +657,7 @@ struct projector::impl {
     const auto ctx = context(generation);
     auto cancelled = [&]() -> result<batch_end> {
       f.tx.rollback();
+      batch_outlived_lease(last - first);
       return error{errc::fenced_out, "the lease was lost: batch rolled back"};
     };
     if (def.batch_handler) {
@@ -682,6 +704,7 @@ struct projector::impl {
       return g.error();
     if (g->affected() != 1) {
       f.tx.rollback();
+      batch_outlived_lease(last - first);
       return fenced(held);
     }
     const bool steady = g->text(0, 0) == "t";
@@ -802,8 +825,7 @@ struct projector::impl {
     auto a = std::move(*ahead);
     ahead.reset();
     auto page = a.page.get();
-    if (a.generation != generation || a.after != after || !page ||
-        page->events.size() < def.batch_size)
+    if (a.generation != generation || a.after != after || !page || page->events.size() != limit)
       return std::nullopt;
     return std::move(*page);
   }
@@ -811,7 +833,7 @@ struct projector::impl {
   // Starts reading the page after `after` on another of the store's connections.
   void read_ahead_from(int32_t generation, checkpoint after) {
     ahead.emplace(read_ahead{generation, after,
-                             std::async(std::launch::async, [s = store, after, n = def.batch_size,
+                             std::async(std::launch::async, [s = store, after, n = limit,
                                                              filter = def.filter]() mutable {
                                return s.read_all(after, n, filter);
                              })});
@@ -828,11 +850,11 @@ struct projector::impl {
     out.position = after;
     auto ready = take_ahead(generation, after);
     auto page = ready ? result<log_page>{std::move(*ready)}
-                      : store.read_all(after, def.batch_size, def.filter);
+                      : store.read_all(after, limit, def.filter);
     if (!page)
       return page.error();
     const auto& events = page->events;
-    out.full = events.size() >= def.batch_size;
+    out.full = events.size() >= limit;
     if (out.full && ahead_ok)
       read_ahead_from(generation, page->next);
     const int32_t switch_from = out.full ? 0 : switch_from_if_caught_up;
@@ -849,6 +871,7 @@ struct projector::impl {
         return out;
       }
       if (end->how == outcome::committed) {
+        batch_committed(last - first);
         out.steady = end->steady && first == 0 && last == events.size() && out.full;
         out.applied += last - first;
         if (last > first)

@@ -186,6 +186,23 @@ TEST_SUITE("pg") {
     CHECK(view(store) == fold(store));
   }
 
+  TEST_CASE_FIXTURE(runner_fixture,
+                    "a batch too slow for the lease is retried smaller until it commits") {
+    // 50 events at 40 ms each take 2 s: longer than the 1.5 s lease, which a batch holds (its
+    // renewal waits for the batch), so the whole batch can never commit.
+    append_deposits(store, 3, 20);
+    auto def = balances_projection();
+    def.handler = [inner = def.handler](mire::transaction& tx, const mire::recorded_event& e,
+                                        const mire::projection_context& ctx) {
+      std::this_thread::sleep_for(40ms);
+      return inner(tx, e, ctx);
+    };
+    auto r = spawn("replica-1", std::move(def));
+    REQUIRE(eventually([&] { return caught_up(); }, 45s));
+    CHECK(view(store) == fold(store));
+    CHECK(status(r).held);
+  }
+
   TEST_CASE_FIXTURE(runner_fixture, "a runner parks a poison event and goes on") {
     append_deposits(store, 2, 5);
     REQUIRE(store.append("acct-1", expected_version::any(), {{"acct.poison", "{}", "{}", {}}}));
