@@ -228,6 +228,9 @@ result<event_store> event_store::open(store_options options) {
     return ok.error();
   if (options.pool_size == 0)
     return bad_input("pool_size must be at least 1");
+  if (options.group_lock_timeout_ms < 1)
+    return bad_input(fmt::format("group lock timeout {} ms must be at least 1 ms",
+                                 options.group_lock_timeout_ms));
   if (options.connect_timeout_seconds < 1)
     return bad_input(fmt::format("connect timeout {} s must be at least 1 second",
                                  options.connect_timeout_seconds));

@@ -164,6 +164,56 @@ CREATE INDEX projection_dead_letters_status ON {s}.projection_dead_letters (proj
 -- appends commit (event_store.cpp, append_notifier), not by a trigger: a NOTIFY inside every
 -- append transaction would make all commits queue on Postgres's notify lock.
 )sql"},
+    migration{4, "group commit lock timeout", R"sql(
+-- append_group with a lock timeout: an append that waits longer than p_lock_timeout (ms) for a
+-- row lock (another transaction wrote the same stream version or event id and has not ended)
+-- comes back 'locked' instead of holding the rest of the group up. Beside migration 2's
+-- function, which older binaries still call.
+CREATE FUNCTION {s}.append_group(p_streams text[], p_expected bigint[], p_counts int[],
+                                 p_ids uuid[], p_types text[], p_data jsonb[], p_meta jsonb[],
+                                 p_lock_timeout text)
+RETURNS TABLE (r_outcome text, r_version bigint, r_first bigint, r_last bigint, r_actual bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  i int;
+  n int;
+  head bigint;
+  off int := 0;
+BEGIN
+  PERFORM set_config('lock_timeout', p_lock_timeout, true);
+  FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+    n := p_counts[i];
+    r_outcome := 'ok'; r_version := NULL; r_first := NULL; r_last := NULL; r_actual := NULL;
+    BEGIN
+      IF p_expected[i] < 0 THEN
+        SELECT coalesce(max(e.version), 0) INTO head FROM {s}.events e WHERE e.stream_id = p_streams[i];
+      ELSIF p_expected[i] = 0 OR EXISTS (SELECT 1 FROM {s}.events e
+                                          WHERE e.stream_id = p_streams[i] AND e.version = p_expected[i]) THEN
+        head := p_expected[i];
+      ELSE
+        head := NULL;
+        r_outcome := 'conflict';
+        SELECT coalesce(max(e.version), 0) INTO r_actual FROM {s}.events e WHERE e.stream_id = p_streams[i];
+      END IF;
+      IF head IS NOT NULL THEN
+        WITH ins AS (
+          INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
+          SELECT p_streams[i], head + k, p_ids[off + k], p_types[off + k], p_data[off + k], p_meta[off + k]
+          FROM generate_series(1, n) AS k ORDER BY k
+          RETURNING global_position)
+        SELECT min(global_position), max(global_position) INTO r_first, r_last FROM ins;
+        r_version := head + n;
+      END IF;
+    EXCEPTION
+      WHEN unique_violation THEN r_outcome := 'unique';
+      WHEN lock_not_available THEN r_outcome := 'locked';
+    END;
+    off := off + n;
+    RETURN NEXT;
+  END LOOP;
+END
+$fn$;
+)sql"},
 };
 
 } // namespace

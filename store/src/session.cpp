@@ -304,10 +304,14 @@ WHERE {s}.snapshots.version <= excluded.version
   // The arrays are wrapped in (SELECT ...) so that a custom plan cannot see their length: its
   // estimate is then never below the generic plan's, and Postgres keeps the generic plan instead
   // of planning the statement again at every execution (about a sixth of its cost, measured).
+  // The first one also sets the statement's lock timeout ($9 ms) before any row goes in: an
+  // append waiting for another transaction's row lock fails the group with 55P03 then, instead
+  // of holding every member up until that transaction ends (append_group goes on from there).
   append_group_exact = s(R"sql(
 INSERT INTO {s}.events (stream_id, version, event_id, event_type, payload, metadata)
 SELECT e.stream_id, e.version, e.event_id, e.event_type, e.payload, e.metadata
-FROM unnest((SELECT $1::text[]), (SELECT $2::bigint[]), (SELECT $3::bigint[]),
+FROM unnest((SELECT $1::text[] WHERE set_config('lock_timeout', $9, true) IS NOT NULL),
+            (SELECT $2::bigint[]), (SELECT $3::bigint[]),
             (SELECT $4::uuid[]), (SELECT $5::text[]), (SELECT $6::jsonb[]), (SELECT $7::jsonb[]),
             (SELECT $8::bool[]))
        WITH ORDINALITY AS e(stream_id, expected, version, event_id, event_type, payload, metadata,
@@ -322,7 +326,8 @@ WITH req AS (
   SELECT r.idx, r.stream_id, r.expected, r.n,
          (SELECT coalesce(max(e.version), 0) FROM {s}.events e WHERE e.stream_id = r.stream_id) AS head,
          (sum(r.n) OVER (ORDER BY r.idx) - r.n)::int AS off
-  FROM unnest($1::text[], $2::bigint[], $3::int[]) WITH ORDINALITY AS r(stream_id, expected, n, idx)
+  FROM unnest((SELECT $1::text[] WHERE set_config('lock_timeout', $8, true) IS NOT NULL),
+              $2::bigint[], $3::int[]) WITH ORDINALITY AS r(stream_id, expected, n, idx)
 ), go AS (
   SELECT * FROM req WHERE expected < 0 OR expected = head
 ), ins AS (
@@ -340,7 +345,7 @@ GROUP BY r.idx, g.idx, r.head, r.n
 ORDER BY r.idx)sql");
   append_group = s("SELECT r_outcome, r_version, r_first, r_last, r_actual FROM "
                    "{s}.append_group($1::text[], $2::bigint[], $3::int[], $4::uuid[], $5::text[], "
-                   "$6::jsonb[], $7::jsonb[])");
+                   "$6::jsonb[], $7::jsonb[], $8)");
   batch_positions = s("SELECT coalesce(min(global_position), 0), coalesce(max(global_position), 0) "
                       "FROM {s}.events WHERE transaction_id = pg_current_xact_id()");
 }
@@ -904,7 +909,7 @@ result<std::vector<result<append_result>>>
 append_group_exact(pg::connection& conn, const statements& sql,
                    const std::vector<stream_append>& group, const std::vector<bool>& known,
                    const std::string& ids, const std::string& types, const std::string& data,
-                   const std::string& meta) {
+                   const std::string& meta, const std::string& lock_timeout) {
   std::string event_streams = "{", expectations = "{", versions = "{", knowns = "{";
   const char* sep = "";
   for (std::size_t i = 0; i < group.size(); ++i) {
@@ -926,7 +931,8 @@ append_group_exact(pg::connection& conn, const statements& sql,
   versions += '}';
   knowns += '}';
   auto r = conn.query("mire_append_group_exact", sql.append_group_exact,
-                      {event_streams, expectations, versions, ids, types, data, meta, knowns});
+                      {event_streams, expectations, versions, ids, types, data, meta, knowns,
+                       lock_timeout});
   if (!r)
     return r.error();
   struct written {
@@ -1001,20 +1007,27 @@ result<std::vector<result<append_result>>> append_group(pg::connection& conn,
   const std::string meta = array_literal(all, [](auto& e) -> std::string_view { return e.metadata; });
   const bool all_exact = std::none_of(group.begin(), group.end(),
                                       [](const stream_append& a) { return a.expected.is_any(); });
+  const std::string lock_timeout = std::to_string(options.group_lock_timeout_ms);
+  // A unique key fired (a concurrent writer, a resent append) or an append waited too long for
+  // another transaction's row lock: the per-append subtransactions of the function sort each
+  // append out on its own.
+  auto per_append = [](const error& e) { return e.sqlstate == "23505" || e.sqlstate == "55P03"; };
+  bool locked = false;
   if (all_exact) {
-    auto r = append_group_exact(conn, sql, group, known, ids, types, data, meta);
-    if (r || (r.error().sqlstate != "23505" && !conn.last_failure_lost_connection()))
+    auto r = append_group_exact(conn, sql, group, known, ids, types, data, meta, lock_timeout);
+    if (r || (!per_append(r.error()) && !conn.last_failure_lost_connection()))
       return r;
     if (conn.last_failure_lost_connection())
       return in_doubt(std::move(r).error());
-    // A unique key fired (a concurrent writer, a resent append): sorted out per append below.
+    locked = r.error().sqlstate == "55P03";
   }
-  const std::vector<pg::param> params{streams, expected, counts, ids, types, data, meta};
+  const std::vector<pg::param> params{streams, expected, counts, ids, types, data, meta, lock_timeout};
   // One set-based statement first: stale expectations are filtered out, not raised, so only a
-  // unique key (a concurrent writer, a resent append) can fail it — then the per-append
-  // subtransactions of the function sort each append out on its own.
-  auto r = conn.query("mire_append_group_set", sql.append_group_set, params);
-  if (!r && r.error().sqlstate == "23505" && !conn.last_failure_lost_connection())
+  // unique key or a lock can fail it. After a lock it would only wait again: straight on.
+  result<pg::rows> r = error{errc::version_conflict, "a row lock"};
+  if (!locked)
+    r = conn.query("mire_append_group_set", sql.append_group_set, params);
+  if (locked || (!r && per_append(r.error()) && !conn.last_failure_lost_connection()))
     r = conn.query("mire_append_group", sql.append_group, params);
   if (!r) {
     if (conn.last_failure_lost_connection())
@@ -1030,9 +1043,19 @@ result<std::vector<result<append_result>>> append_group(pg::connection& conn,
       out.push_back(append_result{r->int64(row, 1), r->int64(row, 2), r->int64(row, 3), false});
     } else if (outcome == "conflict") {
       out.push_back(stale_or_repeated(conn, sql, a, r->int64(row, 4)));
+    } else if (outcome == "locked" && !a.expected.is_any()) {
+      // As good as a conflict: another writer has this version, committed or not yet.
+      error e{errc::version_conflict,
+              fmt::format("stream '{}' is being written by another transaction (no row lock "
+                          "within {} ms); nothing of this append was stored",
+                          printable(a.stream_id), options.group_lock_timeout_ms)};
+      e.stream_id = a.stream_id;
+      e.expected = a.expected.value();
+      out.push_back(std::move(e));
     } else {
-      // A unique key fired: a repeated append or a lost race. The single-append path already
-      // tells these apart (and retries "any"), so let it decide, alone, now the group is done.
+      // A unique key fired (a repeated append or a lost race), or an "any" append met a lock,
+      // which it waits out as a single append would. The single-append path already tells
+      // these apart (and retries "any"), so let it decide, alone, now the group is done.
       out.push_back(append(conn, sql, tx_mode::autocommit, a.stream_id, a.expected, known[i], a.events));
     }
   }

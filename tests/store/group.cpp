@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
+#include <future>
 #include <string>
 #include <thread>
 #include <vector>
@@ -203,6 +205,49 @@ TEST_CASE_FIXTURE(mire::test::pg_fixture,
     for (std::size_t i = 0; i < events.size(); ++i)
       CHECK(events[i].version == static_cast<int64_t>(i + 1));
   }
+}
+
+TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                  "a group member behind another transaction's lock does not hold its neighbours "
+                  "up") {
+  using namespace std::chrono_literals;
+  REQUIRE(store.append("lk-held", expected_version::no_stream(), {one(0)}));
+  auto tx = store.begin();
+  REQUIRE(tx);
+  // Version 2 of lk-held written and not committed: an insert of the same key waits for it.
+  REQUIRE(tx->append("lk-held", expected_version::exactly(1), {one(1)}));
+  auto in_time = [&](const std::vector<stream_append>& group) {
+    auto pending = std::async(std::launch::async, [&] { return store.append_group(group); });
+    const bool ready = pending.wait_for(20s) == std::future_status::ready;
+    if (!ready)
+      tx->rollback(); // lets the group finish, so the test fails instead of hanging
+    REQUIRE_MESSAGE(ready, "the group waited for the other transaction");
+    auto r = pending.get();
+    REQUIRE_MESSAGE(r, r.error().what());
+    REQUIRE(r->size() == group.size());
+    return std::move(*r);
+  };
+  auto check_held = [](const mire::result<mire::append_result>& r) {
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == errc::version_conflict);
+    CHECK(r.error().stream_id == "lk-held");
+    CHECK(r.error().message.find("another transaction") != std::string::npos);
+  };
+  // Exact expectations (what aggregate actors send), then beside an "any" append.
+  auto exact = in_time({{"lk-held", expected_version::exactly(1), {one(2)}},
+                        {"lk-free-1", expected_version::no_stream(), {one(3)}}});
+  check_held(exact[0]);
+  REQUIRE_MESSAGE(exact[1], exact[1].error().what());
+  CHECK(exact[1]->version == 1);
+  auto mixed = in_time({{"lk-free-2", expected_version::any(), {one(4)}},
+                        {"lk-held", expected_version::exactly(1), {one(5)}}});
+  REQUIRE_MESSAGE(mixed[0], mixed[0].error().what());
+  CHECK(mixed[0]->version == 1);
+  check_held(mixed[1]);
+  REQUIRE(tx->commit());
+  CHECK(store.read_stream("lk-held").value().size() == 2); // its own event and the transaction's
+  CHECK(store.read_stream("lk-free-1").value().size() == 1);
+  CHECK(store.read_stream("lk-free-2").value().size() == 1);
 }
 
 TEST_CASE_FIXTURE(mire::test::pg_fixture, "a group naming one stream twice is bad input") {

@@ -29,6 +29,10 @@ struct store_options {
   int connect_timeout_seconds = 5;      ///< "unavailable" after this, never a hang
   std::size_t max_event_bytes = 1 << 20;///< larger data or metadata is refused as bad input
   std::string application_name = "mire";
+  /// append_group: how long an append with an exact expected version waits for a row lock that
+  /// another transaction holds (it wrote the same stream version and has not ended) before it
+  /// gets version_conflict instead of holding the rest of its group up.
+  int group_lock_timeout_ms = 500;
 };
 
 class transaction;
