@@ -1024,10 +1024,9 @@ result<std::vector<result<append_result>>> append_group(pg::connection& conn,
   const std::vector<pg::param> params{streams, expected, counts, ids, types, data, meta, lock_timeout};
   // One set-based statement first: stale expectations are filtered out, not raised, so only a
   // unique key or a lock can fail it. After a lock it would only wait again: straight on.
-  result<pg::rows> r = error{errc::version_conflict, "a row lock"};
-  if (!locked)
-    r = conn.query("mire_append_group_set", sql.append_group_set, params);
-  if (locked || (!r && per_append(r.error()) && !conn.last_failure_lost_connection()))
+  auto r = locked ? conn.query("mire_append_group", sql.append_group, params)
+                  : conn.query("mire_append_group_set", sql.append_group_set, params);
+  if (!locked && !r && per_append(r.error()) && !conn.last_failure_lost_connection())
     r = conn.query("mire_append_group", sql.append_group, params);
   if (!r) {
     if (conn.last_failure_lost_connection())
