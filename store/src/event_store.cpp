@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <utility>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -191,12 +192,32 @@ bool settles(const error& e) {
          e.code != errc::commit_in_doubt && e.code != errc::internal;
 }
 
+error still_in_doubt(const error& doubt, const error& resend) {
+  error e = doubt;
+  e.message += "; the resend failed too: " + resend.message;
+  return e;
+}
+
 template <class R> R after_doubt(const std::optional<error>& doubt, R resend) {
   if (resend || !doubt || settles(resend.error()))
     return resend;
-  error e = *doubt;
-  e.message += "; the resend failed too: " + resend.error().message;
-  return R{std::move(e)};
+  return R{still_in_doubt(*doubt, resend.error())};
+}
+
+// A resent group can succeed as a whole while single members fail without an answer (the
+// connection broke again while their outcome was being looked up): each of those stays in doubt.
+template <class T>
+result<std::vector<result<T>>> after_doubt(const std::optional<error>& doubt,
+                                           result<std::vector<result<T>>> resend) {
+  if (!resend || !doubt)
+    return after_doubt<result<std::vector<result<T>>>>(doubt, std::move(resend));
+  for (auto& member : *resend)
+    if (!member && !settles(member.error())) {
+      error e = still_in_doubt(*doubt, member.error());
+      e.stream_id = member.error().stream_id;
+      member = std::move(e);
+    }
+  return resend;
 }
 
 // Runs `op(conn)` on a pooled connection. A connection lost on the way (the server restarted,
@@ -351,8 +372,16 @@ result<std::vector<result<append_result>>> event_store::append_group(
   known.reserve(group.size());
   for (const auto& a : group)
     known.push_back(!a.expected.is_any() && impl_->knows(a.stream_id, a.expected.value()));
+  // A resend (the first attempt's connection broke) may find its own first attempt still
+  // holding the rows, uncommitted: it must wait for that attempt's end to learn the outcome. With
+  // the group's lock timeout it would take its own events for another writer's and report a
+  // conflict, and the caller would decide the command again over events that may yet commit.
+  bool resend = false;
   auto r = with_connection(impl_, [&](pg::connection& c) {
-    return detail::append_group(c, impl_->sql, group, known, impl_->options);
+    auto options = impl_->options;
+    if (std::exchange(resend, true))
+      options.group_lock_timeout_ms = 0; // no lock timeout
+    return detail::append_group(c, impl_->sql, group, known, options);
   });
   if (r) {
     for (std::size_t i = 0; i < group.size(); ++i)

@@ -2,9 +2,22 @@
 // its own expected version and its own outcome.
 #include <doctest/doctest.h>
 
+#include <libpq-fe.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <functional>
 #include <future>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,6 +37,125 @@ using mire::stream_append;
 
 event_data one(int i, std::string id = mire::new_uuid()) {
   return event_data{"group.event", fmt::format(R"({{"i": {}}})", i), "{}", std::move(id)};
+}
+
+// A unix-socket proxy in front of the test server. cut() breaks the client side of every
+// connection made so far and leaves the server side open: the client sees its connection
+// broken while the server goes on with what it was running, as after a network failure.
+class cutting_proxy {
+public:
+  cutting_proxy(std::string server_socket, const std::string& listen_socket)
+      : server_socket_(std::move(server_socket)) {
+    listen_ = socket(AF_UNIX, SOCK_STREAM, 0);
+    const auto addr = address(listen_socket);
+    if (listen_ < 0 || bind(listen_, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 ||
+        listen(listen_, 16) != 0)
+      throw std::runtime_error("proxy: cannot listen on " + listen_socket + ": " +
+                               std::strerror(errno));
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+
+  ~cutting_proxy() {
+    stop_ = true;
+    acceptor_.join();
+    cut();
+    std::lock_guard lock{mutex_};
+    for (int fd : server_side_)
+      close(fd);
+    close(listen_);
+  }
+
+  void cut() {
+    ++epoch_;
+    std::vector<link> old;
+    {
+      std::lock_guard lock{mutex_};
+      old.swap(links_);
+    }
+    for (auto& l : old) {
+      l.pump.join();
+      shutdown(l.client, SHUT_RDWR);
+      close(l.client);
+      std::lock_guard lock{mutex_};
+      server_side_.push_back(l.server); // left open: the server must not notice
+    }
+  }
+
+private:
+  struct link {
+    int client, server;
+    std::thread pump;
+  };
+
+  static sockaddr_un address(const std::string& path) {
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    return a;
+  }
+
+  void accept_loop() {
+    while (!stop_) {
+      pollfd p{listen_, POLLIN, 0};
+      if (poll(&p, 1, 20) <= 0)
+        continue;
+      const int client = accept(listen_, nullptr, nullptr);
+      if (client < 0)
+        continue;
+      const int server = socket(AF_UNIX, SOCK_STREAM, 0);
+      const auto addr = address(server_socket_);
+      if (connect(server, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+        close(client);
+        close(server);
+        continue;
+      }
+      std::lock_guard lock{mutex_};
+      links_.push_back({client, server, std::thread([this, client, server, e = epoch_.load()] {
+                          pump(client, server, e);
+                        })});
+    }
+  }
+
+  // Copies both ways until either side closes or the proxy cuts this connection's epoch.
+  void pump(int client, int server, int epoch) {
+    char buf[8192];
+    while (epoch_ == epoch) {
+      pollfd p[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+      if (poll(p, 2, 20) <= 0)
+        continue;
+      for (int i = 0; i < 2; ++i) {
+        if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+          continue;
+        const ssize_t n = read(p[i].fd, buf, sizeof buf);
+        if (n <= 0)
+          return;
+        for (ssize_t done = 0; done < n;) {
+          const ssize_t w = write(p[1 - i].fd, buf + done, static_cast<std::size_t>(n - done));
+          if (w <= 0)
+            return;
+          done += w;
+        }
+      }
+    }
+  }
+
+  std::string server_socket_;
+  int listen_ = -1;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> epoch_{0};
+  std::mutex mutex_;
+  std::vector<link> links_;
+  std::vector<int> server_side_;
+  std::thread acceptor_;
+};
+
+// The value of `key` in a libpq URL's query ("...?host=/dir&port=5432").
+std::string url_param(const std::string& url, const std::string& key) {
+  const auto at = url.find(key + "=");
+  REQUIRE(at != std::string::npos);
+  const auto from = at + key.size() + 1;
+  const auto end = url.find('&', from);
+  return url.substr(from, end == std::string::npos ? std::string::npos : end - from);
 }
 
 } // namespace
@@ -248,6 +380,84 @@ TEST_CASE_FIXTURE(mire::test::pg_fixture,
   CHECK(store.read_stream("lk-held").value().size() == 2); // its own event and the transaction's
   CHECK(store.read_stream("lk-free-1").value().size() == 1);
   CHECK(store.read_stream("lk-free-2").value().size() == 1);
+}
+
+TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                  "a group resent after a broken connection waits out its own first attempt "
+                  "instead of taking it for a conflict") {
+  using namespace std::chrono_literals;
+  // Commits hang (a synchronous standby that never comes) while the first attempt's rows stay
+  // locked; the proxy then breaks the client's connection, and the store resends the group.
+  std::unique_ptr<PGconn, decltype(&PQfinish)> admin{PQconnectdb(url.c_str()), &PQfinish};
+  REQUIRE(PQstatus(admin.get()) == CONNECTION_OK);
+  auto sql = [&](const std::string& q) {
+    PGresult* r = PQexec(admin.get(), q.c_str());
+    const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+    std::string first = ok && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
+    const std::string failure = PQresultErrorMessage(r);
+    PQclear(r);
+    REQUIRE_MESSAGE(ok, q, ": ", failure);
+    return first;
+  };
+  auto count_waiting = [&](const std::string& condition) {
+    return sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+               "'mire-resend-test' AND " + condition);
+  };
+  struct standby_reset { // also when a check fails
+    std::function<void()> reset;
+    ~standby_reset() { reset(); }
+  } released{[&] {
+    sql("ALTER SYSTEM RESET synchronous_standby_names");
+    sql("SELECT pg_reload_conf()");
+  }};
+
+  const std::string port = url_param(url, "port");
+  char dir[] = "/tmp/mire-proxy-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  cutting_proxy proxy(url_param(url, "host") + "/.s.PGSQL." + port,
+                      std::string(dir) + "/.s.PGSQL." + port);
+  // The test server commits asynchronously; this database's new sessions wait for the standby.
+  sql("ALTER DATABASE \"" + sql("SELECT current_database()") + "\" SET synchronous_commit = on");
+  auto options = store.options();
+  options.url = url.substr(0, url.find("host=")) + "host=" + dir + "&port=" + port;
+  options.application_name = "mire-resend-test";
+  auto victim = mire::event_store::open(options).value();
+
+  sql("ALTER SYSTEM SET synchronous_standby_names = 'mire_test_nobody'");
+  sql("SELECT pg_reload_conf()");
+  std::this_thread::sleep_for(200ms);
+  const auto e1 = one(1), e2 = one(2);
+  std::vector<stream_append> group{{"rs-1", expected_version::no_stream(), {e1}},
+                                   {"rs-2", expected_version::no_stream(), {e2}}};
+  auto pending = std::async(std::launch::async, [&] { return victim.append_group(group); });
+  auto wait_for = [&](const std::string& condition) {
+    for (int i = 0; i < 1000 && count_waiting(condition) != "1"; ++i)
+      std::this_thread::sleep_for(10ms);
+    return count_waiting(condition) == "1";
+  };
+  REQUIRE_MESSAGE(wait_for("wait_event = 'SyncRep'"), "the first attempt never reached its commit");
+  proxy.cut();
+  REQUIRE_MESSAGE(wait_for("wait_event_type = 'Lock'"),
+                  "the resend never waited for the first attempt's rows");
+  // Well past the group's lock timeout (500 ms): the resend still waits.
+  CHECK(pending.wait_for(2500ms) == std::future_status::timeout);
+  released.reset();
+  released.reset = [] {};
+  REQUIRE(pending.wait_for(60s) == std::future_status::ready);
+  auto r = pending.get();
+  REQUIRE_MESSAGE(r, r.error().what());
+  for (std::size_t i = 0; i < r->size(); ++i)
+    REQUIRE_MESSAGE((*r)[i], group[i].stream_id, ": ", (*r)[i].error().what());
+  CHECK((*r)[0]->duplicate);
+  CHECK((*r)[1]->duplicate);
+  const auto one_event = [&](const std::string& stream, const event_data& e) {
+    auto events = store.read_stream(stream).value();
+    REQUIRE(events.size() == 1);
+    CHECK(events[0].event_id == e.event_id);
+  };
+  one_event("rs-1", e1);
+  one_event("rs-2", e2);
+  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE_FIXTURE(mire::test::pg_fixture, "a group naming one stream twice is bad input") {

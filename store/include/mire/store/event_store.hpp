@@ -31,7 +31,8 @@ struct store_options {
   std::string application_name = "mire";
   /// append_group: how long an append with an exact expected version waits for a row lock that
   /// another transaction holds (it wrote the same stream version and has not ended) before it
-  /// gets version_conflict instead of holding the rest of its group up.
+  /// gets version_conflict instead of holding the rest of its group up. A group resent after
+  /// a broken connection waits without limit: the lock may be its own first attempt's.
   int group_lock_timeout_ms = 500;
 };
 
