@@ -12,6 +12,7 @@
 
 #include "mire/actors/errors.hpp"
 #include "mire/actors/lease.hpp"
+#include "top_level.hpp"
 
 namespace mire::actors {
 
@@ -302,7 +303,7 @@ result<caf::actor> spawn_projection_runner(caf::actor_system& system, const even
   lease_options lease{projection_resource(definition.name), options.owner, options.lease_ttl};
   if (auto ok = validate(lease); !ok)
     return ok.error();
-  return system.spawn(runner_actor, std::move(options), store.options(), std::move(definition),
+  return detail::spawn_top_level(system, runner_actor, std::move(options), store.options(), std::move(definition),
                       std::move(lease));
 }
 

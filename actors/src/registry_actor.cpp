@@ -11,6 +11,7 @@
 // ways: an exit_msg with reason kill is fatal to every linked actor in CAF 0.17 (no exit handler
 // can trap it), so one killed aggregate would take the registry and all its siblings along.
 #include "registry_actor.hpp"
+#include "top_level.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -461,6 +462,25 @@ struct registry_state {
   std::unordered_map<caf::actor_addr, std::string> ids;
   std::unordered_map<uint64_t, pending_job> pending;
   uint64_t next_token = 0;
+  ~registry_state() {
+    // The registry stops (the runtime shuts down): its aggregate actors stop with it, and CAF
+    // 0.17 never answers a dropped promise. Everyone still waiting is told now, not left to
+    // their timeouts; a command may be mid-append, so it is in doubt.
+    auto stopped = [](const std::string& id, bool is_command) {
+      mire::error err = is_command
+                            ? mire::error{errc::commit_in_doubt,
+                                          "the runtime stopped with this command pending: it "
+                                          "may or may not be recorded"}
+                            : mire::error{errc::unavailable, "the runtime stopped"};
+      err.stream_id = id;
+      return err;
+    };
+    for (auto& [token, p] : pending)
+      p.rp.deliver(to_caf(stopped(p.id, p.is_command)));
+    for (auto& [id, a] : actors)
+      for (auto& s : a.slots)
+        s.slot->settle(stopped(id, s.is_command)); // a no-op for the answered ones
+  }
   static inline const char* name = "mire.registry";
 };
 
@@ -604,7 +624,7 @@ caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate
 
 caf::actor spawn_registry(caf::actor_system& system, std::shared_ptr<const aggregate_type> type,
                           store_actor store) {
-  return system.spawn(registry_actor, std::move(type), std::move(store));
+  return spawn_top_level(system, registry_actor, std::move(type), std::move(store));
 }
 
 } // namespace mire::actors::detail

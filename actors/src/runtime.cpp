@@ -12,6 +12,7 @@
 #include "mire/actors/registry.hpp"
 #include "mire/actors/store_actor.hpp"
 #include "registry_actor.hpp"
+#include "top_level.hpp"
 
 namespace mire::actors {
 
@@ -58,6 +59,11 @@ void configure_scheduler(caf::actor_system_config& cfg, const scheduler_options&
     cfg.set("scheduler.max-threads", options.threads);
 }
 
+std::unique_ptr<caf::actor_system> make_actor_system(caf::actor_system_config& cfg) {
+  detail::no_lingering_logger guard;
+  return std::make_unique<caf::actor_system>(cfg);
+}
+
 runtime::runtime(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
 runtime::runtime(runtime&&) noexcept = default;
 runtime& runtime::operator=(runtime&&) noexcept = default;
@@ -70,7 +76,7 @@ result<runtime> runtime::start(event_store store, runtime_options options) {
   p->config = std::make_unique<caf::actor_system_config>();
   add_mire_types(*p->config);
   configure_scheduler(*p->config, scheduler_options{});
-  p->own = std::make_unique<caf::actor_system>(*p->config);
+  p->own = make_actor_system(*p->config);
   p->system = p->own.get();
   p->options = options;
   auto s = spawn_store_actor(*p->system, std::move(store), options.store);

@@ -696,7 +696,7 @@ result<runtime_host> start_runtime(const settings& s, event_store store) {
   auto p = std::make_unique<runtime_host::impl>();
   actors::add_mire_types(p->config);
   actors::configure_scheduler(p->config, s.scheduler);
-  p->system = std::make_unique<caf::actor_system>(p->config);
+  p->system = actors::make_actor_system(p->config);
   auto rt = actors::runtime::start(*p->system, std::move(store), s.runtime);
   if (!rt)
     return rt.error();

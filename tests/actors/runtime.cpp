@@ -5,8 +5,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
+#include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -131,6 +134,21 @@ void same_state(const account& a, const account& b) {
   CHECK(a.owner == b.owner);
   CHECK(a.balance == b.balance);
   CHECK(a.events == b.events);
+}
+
+// Destroys `rt` on a thread of its own; false if that has not finished within `limit` (the
+// thread is then left behind, stuck, and the test fails instead of hanging).
+bool destroyed_within(std::optional<runtime>& rt, std::chrono::seconds limit,
+                      const std::function<void()>& meanwhile = [] {}) {
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread([&rt, done] {
+    rt.reset();
+    *done = true;
+  }).detach();
+  meanwhile();
+  for (auto until = clock_type::now() + limit; !*done && clock_type::now() < until;)
+    std::this_thread::sleep_for(10ms);
+  return *done;
 }
 
 } // namespace
@@ -458,6 +476,58 @@ TEST_SUITE("pg") {
       CHECK(s->version == static_cast<int64_t>(f.log.size()));
       same_state(s->state, f.state);
     }
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a runtime started and used on one thread can be destroyed on another") {
+    std::optional<runtime> rt = start(store);
+    // This thread spawns the account registry (CAF 0.17 then ties the actor system to it).
+    REQUIRE(rt->send<account>("account-1", bank::open{"Ada"}, 10s));
+    REQUIRE_MESSAGE(destroyed_within(rt, 30s), "destroying the runtime waited for this thread");
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a runtime that stops answers the callers still waiting at once") {
+    std::optional<runtime> rt = start(store);
+    REQUIRE(rt->send<account>("account-1", bank::open{"Ada"}, 10s));
+    // An uncommitted write of version 2 elsewhere: the first deposit's append waits on it, the
+    // second deposit waits in the actor behind the first.
+    auto blocker = store.begin();
+    REQUIRE(blocker);
+    REQUIRE(blocker->append("account-1", mire::expected_version::exactly(1),
+                            {mire::event_data{"account.deposited",
+                                              R"({"amount": 1, "ref": "held"})", "{}", ""}}));
+    auto deposit = [&](std::string ref) {
+      return std::async(std::launch::async, [&rt, ref] {
+        return rt->send<account>("account-1", bank::deposit{5, ref}, 60s);
+      });
+    };
+    auto first = deposit("d1");
+    std::this_thread::sleep_for(300ms);
+    auto second = deposit("d2");
+    std::this_thread::sleep_for(300ms);
+    REQUIRE(first.wait_for(0s) == std::future_status::timeout);
+    // Stopping waits for the store worker, which waits for the blocker.
+    bool answered = false;
+    const bool destroyed = destroyed_within(rt, 30s, [&] {
+      answered = first.wait_for(20s) == std::future_status::ready &&
+                 second.wait_for(20s) == std::future_status::ready;
+      blocker->rollback();
+    });
+    REQUIRE(destroyed);
+    REQUIRE_MESSAGE(answered, "callers were left waiting for their timeouts");
+    for (auto* f : {&first, &second}) {
+      auto r = f->get();
+      REQUIRE(r.failed());
+      CHECK(r.error().code == errc::commit_in_doubt);
+      CHECK(r.error().stream_id == "account-1");
+    }
+    // The first one's append went on when the blocker left; the second never ran.
+    const auto log = store.read_stream("account-1").value();
+    REQUIRE(log.size() == 2); // opened and d1 (the blocker's rolled back)
+    CHECK(ref_of(log[1]) == "d1");
+    for (const auto& e : log)
+      CHECK(ref_of(e) != "d2");
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,

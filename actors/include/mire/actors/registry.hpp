@@ -9,7 +9,7 @@
 //   (state_atom, id)                           -> detail::erased_reply  kind state, caught up
 //   (find_atom, id)                            -> caf::actor            the live actor, if any
 // When an aggregate actor dies with commands pending, they fail with commit_in_doubt: the one
-// in flight may have been recorded.
+// in flight may have been recorded. So do they when the registry itself stops (shutdown).
 #pragma once
 
 #include <string>

@@ -72,6 +72,10 @@ template <class A> struct loaded {
 /// is constructed.
 void configure_scheduler(caf::actor_system_config& cfg, const scheduler_options& options);
 
+/// An actor system on `cfg` that any thread may destroy: CAF 0.17 would otherwise wait, in the
+/// destructor, for the constructing thread to end. Use it for a system a runtime borrows.
+std::unique_ptr<caf::actor_system> make_actor_system(caf::actor_system_config& cfg);
+
 /// Owns (or borrows) an actor system, the store actor in front of the event store, and one
 /// registry per aggregate type, created on first use. Thread-safe: any thread may send.
 class runtime {
