@@ -3,6 +3,7 @@
 #include "mire/store/projection.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <future>
 #include <map>
 #include <optional>
@@ -245,6 +246,8 @@ result<pg::rows> run(event_store& store, const char* name, const std::string& sq
 struct fenced_tx {
   transaction tx;
   pg::connection* conn;
+  /// When the lease ends, as the batch's claim saw it (by this process's clock).
+  std::chrono::steady_clock::time_point lease_ends = std::chrono::steady_clock::time_point::max();
 
   result<pg::rows> q(const char* name, const std::string& sql, const std::vector<pg::param>& p) {
     if (conn == nullptr || !tx.active())
@@ -624,6 +627,8 @@ struct projector::impl {
       return r.error();
     if (!r->empty()) {
       const checkpoint at{r->uint64(0, 1), r->int64(0, 2)};
+      // The claim's first column is the idle timeout it set: the lease's time left, in ms.
+      f.lease_ends = std::chrono::steady_clock::now() + std::chrono::milliseconds(r->int64(0, 0));
       return opened{std::pair{std::move(f), at}};
     }
     // Not ours any more, or the generation is gone (retired by a switch, or deleted)?
@@ -660,6 +665,14 @@ struct projector::impl {
       batch_outlived_lease(last - first);
       return error{errc::fenced_out, "the lease was lost: batch rolled back"};
     };
+    // Any failure once the lease is over (or being given up): the batch outlived it. The server
+    // ends a session left idle in its transaction past the lease's expiry (see claim), so such a
+    // batch fails on a lost connection, not on its fence; the next try takes fewer events too.
+    auto failed = [&](error e) -> result<batch_end> {
+      if ((cancel && cancel->load()) || std::chrono::steady_clock::now() >= f.lease_ends)
+        batch_outlived_lease(last - first);
+      return e;
+    };
     if (def.batch_handler) {
       if (cancel && cancel->load())
         return cancelled();
@@ -668,7 +681,7 @@ struct projector::impl {
         f.tx.rollback();
         auto e = std::move(ok).error();
         if (transient(e))
-          return e;
+          return failed(std::move(e));
         // Which event? Split the run until the refused one is alone.
         return batch_end{last - first == 1 ? outcome::poison : outcome::split, first, std::move(e)};
       }
@@ -680,7 +693,7 @@ struct projector::impl {
           f.tx.rollback();
           auto e = std::move(ok).error();
           if (transient(e))
-            return e;
+            return failed(std::move(e));
           return batch_end{outcome::poison, i, std::move(e)};
         }
       }
@@ -701,7 +714,7 @@ struct projector::impl {
                                         std::to_string(after.position)};
     auto g = f.q("mire_proj_guard", sql->guard, params);
     if (!g)
-      return g.error();
+      return failed(std::move(g).error());
     if (g->affected() != 1) {
       f.tx.rollback();
       batch_outlived_lease(last - first);
@@ -725,7 +738,7 @@ struct projector::impl {
         return gone.error();
     }
     if (auto c = commit(f); !c)
-      return c.error();
+      return failed(std::move(c).error());
     batch_end done;
     done.steady = steady && switch_from == 0;
     return done;

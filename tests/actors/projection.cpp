@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -201,6 +202,28 @@ TEST_SUITE("pg") {
     REQUIRE(eventually([&] { return caught_up(); }, 45s));
     CHECK(view(store) == fold(store));
     CHECK(status(r).held);
+  }
+
+  TEST_CASE_FIXTURE(runner_fixture,
+                    "a batch handler idle past the lease is retried smaller until it commits") {
+    // The same, with a batch handler that works on its own side before its statements: the
+    // server ends the session once it sits idle in its transaction past the lease's expiry, and
+    // the batch fails on a lost connection rather than on its fence.
+    append_deposits(store, 3, 20);
+    auto def = balances_projection();
+    def.batch_handler = [inner = def.handler](mire::transaction& tx,
+                                              std::span<const mire::recorded_event> run,
+                                              const mire::projection_context& ctx)
+        -> mire::result<void> {
+      std::this_thread::sleep_for(40ms * run.size());
+      for (const auto& e : run)
+        if (auto ok = inner(tx, e, ctx); !ok)
+          return ok;
+      return {};
+    };
+    auto r = spawn("replica-1", std::move(def));
+    REQUIRE(eventually([&] { return caught_up(); }, 45s));
+    CHECK(view(store) == fold(store));
   }
 
   TEST_CASE_FIXTURE(runner_fixture, "a runner parks a poison event and goes on") {
