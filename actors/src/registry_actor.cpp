@@ -70,6 +70,21 @@ struct aggregate_state {
   bool watchdog = false; ///< one store-call timer at a time
   std::function<void()> retry; ///< a conflicted command waiting out its backoff
   std::minstd_rand rng{std::random_device{}()};
+  ~aggregate_state() {
+    // Stopped (a crash, a kill) with jobs queued: those never ran, so nothing of them is
+    // recorded and a caller may simply send again. Only the job in progress may be in doubt;
+    // the registry answers for it (and for jobs sent by token).
+    for (const auto& j : queue) {
+      if (!j.slot)
+        continue;
+      mire::error err{errc::unavailable,
+                      "the actor of '" + id + "' stopped before this " +
+                          (j.is_command ? "command ran: nothing of it was recorded"
+                                        : "query ran")};
+      err.stream_id = id;
+      j.slot->settle(std::move(err));
+    }
+  }
   static inline const char* name = "mire.aggregate";
 };
 

@@ -450,18 +450,22 @@ TEST_SUITE("pg") {
       sent seed{id_of(i), "seed-" + id_of(i), true, 1'000'000, 0, sent::accepted};
       by_account[seed.id].emplace(seed.ref, seed);
     }
-    int accepted = 0, in_doubt = 0;
+    int accepted = 0, in_doubt = 0, not_run = 0;
     for (const auto& rs : results)
       for (const auto& s : rs) {
         by_account[s.id].emplace(s.ref, s);
         if (s.kind == sent::accepted)
           ++accepted;
         else
-          CHECK_MESSAGE((s.kind == sent::failed && s.code == errc::commit_in_doubt), "command ",
-                        s.ref, " neither accepted nor in doubt");
-        in_doubt += s.kind == sent::failed;
+          // Queued behind a killed command: never ran (check_log: not in the log).
+          CHECK_MESSAGE((s.kind == sent::failed && (s.code == errc::commit_in_doubt ||
+                                                    s.code == errc::unavailable)),
+                        "command ", s.ref, " neither accepted, in doubt nor unrun");
+        in_doubt += s.kind == sent::failed && s.code == errc::commit_in_doubt;
+        not_run += s.kind == sent::failed && s.code == errc::unavailable;
       }
-    MESSAGE(kills.load(), " kills; ", accepted, " commands accepted, ", in_doubt, " in doubt");
+    MESSAGE(kills.load(), " kills; ", accepted, " commands accepted, ", in_doubt, " in doubt, ",
+            not_run, " not run");
     CHECK(kills > 0);
     CHECK(in_doubt > 0);
     CHECK(accepted > 0);
@@ -476,6 +480,55 @@ TEST_SUITE("pg") {
       CHECK(s->version == static_cast<int64_t>(f.log.size()));
       same_state(s->state, f.state);
     }
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a killed aggregate's command in progress is in doubt; those queued behind "
+                    "it never ran") {
+    auto rt = start(store);
+    REQUIRE(rt.send<account>("account-1", bank::open{"Ada"}, 10s));
+    // An uncommitted write of version 2 elsewhere: the first deposit's append waits on it, the
+    // second deposit waits in the actor behind the first.
+    auto blocker = store.begin();
+    REQUIRE(blocker);
+    REQUIRE(blocker->append("account-1", mire::expected_version::exactly(1),
+                            {mire::event_data{"account.deposited",
+                                              R"({"amount": 1, "ref": "held"})", "{}", ""}}));
+    auto deposit = [&](std::string ref) {
+      return std::async(std::launch::async, [&rt, ref] {
+        return rt.send<account>("account-1", bank::deposit{5, ref}, 30s);
+      });
+    };
+    auto first = deposit("d1");
+    std::this_thread::sleep_for(300ms);
+    auto second = deposit("d2");
+    std::this_thread::sleep_for(300ms);
+    auto actor = find_actor(rt, "account-1");
+    REQUIRE(actor);
+    caf::anon_send_exit(actor, caf::exit_reason::kill);
+    REQUIRE(first.wait_for(10s) == std::future_status::ready);
+    REQUIRE(second.wait_for(10s) == std::future_status::ready);
+    auto r1 = first.get(), r2 = second.get();
+    REQUIRE(r1.failed());
+    CHECK(r1.error().code == errc::commit_in_doubt);
+    REQUIRE(r2.failed());
+    CHECK(r2.error().code == errc::unavailable);
+    CHECK(r2.error().stream_id == "account-1");
+    // The first append still goes in once the blocker leaves; the second was never sent.
+    blocker->rollback();
+    bool landed = false;
+    for (int i = 0; i < 500 && !landed; ++i) {
+      landed = store.stream_version("account-1").value() == 2;
+      std::this_thread::sleep_for(10ms);
+    }
+    CHECK(landed);
+    const auto log = store.read_stream("account-1").value();
+    for (const auto& e : log)
+      CHECK(ref_of(e) != "d2");
+    // A fresh actor, loaded from the log, takes the next command.
+    auto again = rt.send<account>("account-1", bank::deposit{5, "d3"}, 10s);
+    REQUIRE_MESSAGE(again, (again.failed() ? again.error().what() : again.rejection().message));
+    CHECK(again->version == 3);
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,

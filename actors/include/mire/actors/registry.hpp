@@ -8,8 +8,10 @@
 //   (command_atom, id, detail::erased_command) -> detail::erased_reply  accepted or rejected
 //   (state_atom, id)                           -> detail::erased_reply  kind state, caught up
 //   (find_atom, id)                            -> caf::actor            the live actor, if any
-// When an aggregate actor dies with commands pending, they fail with commit_in_doubt: the one
-// in flight may have been recorded. So do they when the registry itself stops (shutdown).
+// When an aggregate actor dies, its command in progress fails with commit_in_doubt (it may have
+// been recorded); commands queued behind it that a plain thread sent (runtime::send) fail with
+// unavailable (they never ran), those sent by actor code with commit_in_doubt. When the registry
+// itself stops (shutdown), every pending command fails with commit_in_doubt.
 #pragma once
 
 #include <string>
