@@ -99,9 +99,9 @@ int run_db(const context& ctx, const command_line& cl) {
   // goes elsewhere would mislead.
   if (ctx.external_database())
     return ctx.fail(bad_input(
-        fmt::format("'mire db {}' manages the embedded database under MIRE_HOME, but --db or "
-                    "MIRE_DATABASE_URL names another database",
-                    action)));
+        fmt::format("'mire db {}' manages the embedded database under MIRE_HOME, but "
+                    "mire.database.url names another database (from {})",
+                    action, ctx.database_origin())));
 
   if (action == "stop") {
     if (auto stopped = embedded_postgres::stop(ctx.embedded()); !stopped)

@@ -78,6 +78,8 @@ result<context> context::from(const command_line& cl) {
   if (const auto* db = cl.value("db")) {
     if (db->empty())
       return bad_input("--db needs a database URL, got ''");
+    if (auto ok = check_database_url(*db); !ok)
+      return bad_input("--db: " + ok.error().message);
     c.settings_.store.url = *db;
     c.settings_.origin["mire.database.url"] = "flag --db";
   }

@@ -34,8 +34,13 @@ public:
   const config::settings& settings() const { return settings_; }
 
   bool json_output() const { return json_; }
-  /// True when --db or MIRE_DATABASE_URL names the database (no embedded server is used).
+  /// True when the configuration names the database (no embedded server is used).
   bool external_database() const { return url_.has_value(); }
+  /// Where the database URL was set: "flag --db", "env MIRE_DATABASE_URL", a file, ...
+  std::string database_origin() const {
+    auto it = settings_.origin.find("mire.database.url");
+    return it != settings_.origin.end() ? it->second : "the configuration";
+  }
   /// Options of the embedded server under MIRE_HOME.
   embedded_options embedded() const { return {.home = home_}; }
 

@@ -248,7 +248,8 @@ result<demo_options> parse_demo_options(const command_line& cl) {
   if (!accounts)
     return accounts.error();
   if (*accounts < 2)
-    return bad_input("--accounts must be at least 2 (a transfer needs two accounts)");
+    return bad_input(fmt::format(
+        "--accounts must be at least 2 (a transfer needs two accounts), got {}", *accounts));
   auto clients = count_option(cl, "clients", o.clients, 256);
   if (!clients)
     return clients.error();

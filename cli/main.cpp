@@ -1,5 +1,5 @@
 // The `mire` command: parses the line, picks the command, maps every error to an exit code.
-// Its output is a contract (DESIGN.md, "The mire command"): scripts and tests read it, so it is
+// Its output is a contract (README.md and the help text below): scripts and tests read it, so it is
 // documented in full in the help text below and changed only together with that text.
 #include <string_view>
 #include <vector>
@@ -195,9 +195,13 @@ environment:
                      one variable per configuration option (see config/mire.ini)
 )";
 
-int run_help(const context&, const command_line&) {
+int print_help() {
   fmt::print("{}", help_text);
   return 0;
+}
+
+int run_help(const context&, const command_line&) {
+  return print_help();
 }
 
 struct command {
@@ -257,16 +261,17 @@ int main(int argc, char** argv) {
   });
   if (!cl)
     return report(cl.error(), wants_json(argc, argv));
-  auto ctx = context::from(*cl);
-  if (!ctx)
-    return report(ctx.error(), cl->has("json"));
-
-  if (cl->has("help"))
-    return run_help(*ctx, *cl);
+  // Help and the version need no configuration: they answer even when it is broken.
+  if (cl->has("help") || cl->command == "help")
+    return print_help();
   if (cl->has("version")) {
     fmt::print("mire {}\n", MIRE_VERSION);
     return 0;
   }
+  auto ctx = context::from(*cl);
+  if (!ctx)
+    return report(ctx.error(), cl->has("json"));
+
   if (cl->command.empty())
     return ctx->fail(mire::bad_input("no command given (see 'mire help')"));
   return find_command(cl->command)->run(*ctx, *cl);

@@ -1,5 +1,5 @@
 // `mire tail`: follows the global log live. It reads pages with read_all, which never skips an
-// event whose transaction commits late (DESIGN rule 3), and when nothing more is visible waits on
+// event whose transaction commits late (rule 3 of docs/ARCHITECTURE.md), and when nothing more is visible waits on
 // LISTEN/NOTIFY (log_listener) with a poll fallback, since a notification is only a hint: the
 // horizon can also move without one (a long transaction that wrote nothing ends).
 #include <poll.h>
@@ -48,7 +48,7 @@ result<std::vector<std::string>> types_option(const command_line& cl) {
     return types;
   std::stringstream in(*text);
   for (std::string t; std::getline(in, t, ',');) {
-    if (t.empty())
+    if (t.empty() || (!text->empty() && text->back() == ','))
       return bad_input(
           fmt::format("--type {} has an empty event type (give T or T1,T2,...)", printable(*text)));
     types.push_back(t);

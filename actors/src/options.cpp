@@ -11,7 +11,8 @@ result<void> validate(const store_actor_options& o) {
   if (o.max_group < 1)
     return bad_input("store.max_group must be at least 1, got " + std::to_string(o.max_group));
   if (o.group_window.count() < 0)
-    return bad_input("store.group_window must not be negative");
+    return bad_input("store.group_window must not be negative, got " +
+                     std::to_string(o.group_window.count()) + "us");
   return {};
 }
 
@@ -20,12 +21,14 @@ result<void> validate(const aggregate_options& o) {
     return bad_input("aggregates.snapshot_every must not be negative, got " +
                      std::to_string(o.snapshot_every));
   if (o.passivate_after.count() < 0)
-    return bad_input("aggregates.passivate_after must not be negative");
+    return bad_input("aggregates.passivate_after must not be negative, got " +
+                     std::to_string(o.passivate_after.count()) + "ms");
   if (o.max_retries < 0)
     return bad_input("aggregates.max_retries must not be negative, got " +
                      std::to_string(o.max_retries));
   if (o.store_timeout.count() <= 0)
-    return bad_input("aggregates.store_timeout must be positive");
+    return bad_input("aggregates.store_timeout must be positive, got " +
+                     std::to_string(o.store_timeout.count()) + "ms");
   return {};
 }
 

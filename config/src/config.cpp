@@ -344,6 +344,12 @@ private:
 
   // --- typed values, checked ----------------------------------------------------------------
 
+  // The value as written, for messages ("" when the option was not given).
+  std::string shown(std::string_view key) const {
+    const auto* v = raw(key);
+    return v != nullptr ? caf::to_string(*v) : std::string();
+  }
+
   const caf::config_value* raw(std::string_view key) const {
     return caf::get_if(&content_, {key.data(), key.size()});
   }
@@ -373,8 +379,21 @@ private:
                                    "1min), got {}{}",
                                    key, caf::to_string(*v), from(key)));
     if (t->count() < 0)
-      return bad_input(fmt::format("{} must not be negative{}", key, from(key)));
+      return bad_input(
+          fmt::format("{} must not be negative, got {}{}", key, caf::to_string(*v), from(key)));
     return *t;
+  }
+
+  // A duration the runtime keeps in whole milliseconds: a nonzero value below 1ms is refused
+  // rather than cut to 0 (which would mean "never" or be refused as 0).
+  result<std::chrono::milliseconds> millis(const std::string& key, caf::timespan fallback) {
+    auto t = duration(key, fallback);
+    if (!t)
+      return std::move(t).error();
+    if (t->count() > 0 && *t < std::chrono::milliseconds(1))
+      return bad_input(fmt::format("{} must be 0 or at least 1ms, got {}{}", key,
+                                   shown(key), from(key)));
+    return std::chrono::duration_cast<std::chrono::milliseconds>(*t);
   }
 
   result<std::string> string(const std::string& key, std::string fallback) {
@@ -413,17 +432,19 @@ private:
              integer("mire.aggregates.snapshot_every", defaults.aggregates.snapshot_every, 0,
                      std::numeric_limits<int64_t>::max()));
     MIRE_TRY(passivate,
-             duration("mire.aggregates.passivate_after", defaults.aggregates.passivate_after));
+             millis("mire.aggregates.passivate_after", defaults.aggregates.passivate_after));
     MIRE_TRY(retries,
              integer("mire.aggregates.max_retries", defaults.aggregates.max_retries, 0, 1000));
     MIRE_TRY(store_timeout,
-             duration("mire.aggregates.store_timeout", defaults.aggregates.store_timeout));
+             millis("mire.aggregates.store_timeout", defaults.aggregates.store_timeout));
     MIRE_TRY(policy, string("mire.scheduler.policy", actors::scheduler_options{}.policy));
     MIRE_TRY(threads, integer("mire.scheduler.threads",
                               static_cast<int64_t>(actors::scheduler_options{}.threads), 0, 256));
 #undef MIRE_TRY
 
     // The database.
+    if (auto ok = check_database_url(*url); !ok)
+      return bad_input("mire.database.url: " + ok.error().message + from("mire.database.url"));
     if (auto ok = check_schema("mire.database.schema", *schema); !ok)
       return error{errc::bad_input, ok.error().message + from("mire.database.schema")};
     s.store.url = *url;
@@ -436,7 +457,8 @@ private:
                                    *pool, from("mire.database.pool_size"), *workers,
                                    from("mire.store.workers")));
     if (*connect < std::chrono::seconds(1))
-      return bad_input(fmt::format("mire.database.connect_timeout must be at least 1s{}",
+      return bad_input(fmt::format("mire.database.connect_timeout must be at least 1s, got {}{}",
+                                   shown("mire.database.connect_timeout"),
                                    from("mire.database.connect_timeout")));
     // libpq counts whole seconds: round up.
     s.store.connect_timeout_seconds = static_cast<int>(
@@ -447,9 +469,9 @@ private:
     s.runtime.store.group_window = duration_cast<std::chrono::microseconds>(*window);
     s.runtime.store.max_group = static_cast<std::size_t>(*max_group);
     s.runtime.aggregates.snapshot_every = *snapshot_every;
-    s.runtime.aggregates.passivate_after = duration_cast<std::chrono::milliseconds>(*passivate);
+    s.runtime.aggregates.passivate_after = *passivate;
     s.runtime.aggregates.max_retries = static_cast<int>(*retries);
-    s.runtime.aggregates.store_timeout = duration_cast<std::chrono::milliseconds>(*store_timeout);
+    s.runtime.aggregates.store_timeout = *store_timeout;
     if (auto ok = actors::validate(s.runtime); !ok) {
       // Its messages start with the option's key inside the runtime ("store.workers ...").
       const auto& msg = ok.error().message;

@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include <fmt/format.h>
+#include <libpq-fe.h>
 
 #include "access.hpp"
 #include "pg.hpp"
@@ -244,7 +245,29 @@ template <class F> auto with_connection(const std::shared_ptr<detail::store_impl
 
 } // namespace
 
+result<void> check_database_url(const std::string& url) {
+  // libpq's own test: a URL prefix or an '=' makes a connection string, anything else is a
+  // database name (see expand_dbname in pg::connect).
+  const bool conninfo = url.find('=') != std::string::npos || url.rfind("postgresql://", 0) == 0 ||
+                        url.rfind("postgres://", 0) == 0;
+  if (!conninfo)
+    return {};
+  char* why = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(url.c_str(), &why);
+  if (parsed != nullptr) {
+    PQconninfoFree(parsed);
+    return {};
+  }
+  std::string reason = why != nullptr ? why : "libpq cannot parse it";
+  PQfreemem(why);
+  while (!reason.empty() && (reason.back() == '\n' || reason.back() == ' '))
+    reason.pop_back();
+  return bad_input("the database URL is not one libpq accepts: " + reason);
+}
+
 result<event_store> event_store::open(store_options options) {
+  if (auto ok = check_database_url(options.url); !ok)
+    return ok.error();
   if (auto ok = detail::check_schema_name(options.schema); !ok)
     return ok.error();
   if (options.pool_size == 0)

@@ -252,7 +252,7 @@ RETURNING version, global_position)sql");
   read_stream = s("SELECT " + cols + " FROM {s}.events WHERE stream_id = $1 AND version >= $2 "
                   "ORDER BY version LIMIT $3");
   // Only below the visibility horizon: every transaction with a smaller id has ended, so no
-  // event can later appear before a checkpoint we hand out (DESIGN rule 3).
+  // event can later appear before a checkpoint we hand out (rule 3 of docs/ARCHITECTURE.md).
   read_all = s("SELECT stream_id, " + cols + " FROM {s}.events "
                "WHERE (transaction_id, global_position) > ($1::xid8, $2::bigint) "
                "AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) "

@@ -21,7 +21,7 @@ struct statements {
       batch_copy, batch_positions, append_group_exact, append_group_set, append_group;
 };
 
-/// Checks an append's arguments (DESIGN rule 10) and fills in missing event ids.
+/// Checks an append's arguments (rule 10 of docs/ARCHITECTURE.md) and fills in missing event ids.
 result<void> check_append(std::string_view stream_id, std::vector<event_data>& events,
                           const store_options& options);
 result<void> check_stream_id(std::string_view stream_id);

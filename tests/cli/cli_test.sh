@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end tests of the `mire` command against its embedded database: the contract of DESIGN.md
-# ("The mire command") and of `mire help`, as a script would use it.
+# End-to-end tests of the `mire` command against its embedded database: the contract of README.md
+# and of `mire help`, as a script would use it.
 # usage: cli_test.sh PATH/TO/mire
 # Needs bash, coreutils and psql only (JSON fields are read with sed: mire prints compact JSON with
 # a fixed key order).
@@ -39,6 +39,10 @@ done
 run --version
 expect_rc 0 "--version"
 expect_in "$out" "mire " "--version"
+# Help answers even when the configuration is broken (the rest refuses to start).
+MIRE_STORE_WORKERS=0 run --help
+expect_rc 0 "--help with a broken configuration"
+expect_in "$out" "usage: mire" "--help with a broken configuration"
 
 echo "== db start, status, url"
 run db start
@@ -199,6 +203,9 @@ bad "'nope'" read-all --after nope
 bad "'a-b'" streams --category a-b
 bad "'0'" read account-1 --from 0
 bad "'0'" bench store --scale 0
+bad "'a,'" tail --type a,
+bad "--db: the database URL is not one libpq accepts" --db 'host=localhost port' streams
+MIRE_PASSIVATE_AFTER=500us bad "got 500us (from env MIRE_PASSIVATE_AFTER)" config
 run --json append account-1 --type t --data '{}' --expected-version banana
 expect_rc 2 "bad input with --json"
 [[ $(field error "$out") == bad_input ]] || fail "bad input --json: $out"

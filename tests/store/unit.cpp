@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "mire/store/event_store.hpp"
 #include "mire/store/types.hpp"
 #include "mire/store/uuid.hpp"
 
@@ -63,4 +64,20 @@ TEST_CASE("a stream's category is its id up to the first dash") {
   CHECK(mire::category_of("account-42") == "account");
   CHECK(mire::category_of("account-42-x") == "account");
   CHECK(mire::category_of("plain") == "plain");
+}
+
+TEST_CASE("a malformed database URL is bad input before anything connects") {
+  CHECK(mire::check_database_url(""));
+  CHECK(mire::check_database_url("mydb"));
+  CHECK(mire::check_database_url("postgresql://postgres@/db?host=/tmp&port=5432"));
+  CHECK(mire::check_database_url("host=localhost port=5432 dbname=db"));
+  auto bad = mire::check_database_url("host=localhost port");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().code == mire::errc::bad_input);
+  CHECK(bad.error().message.find("\"port\"") != std::string::npos);
+  // open refuses it the same way, without trying a server.
+  auto store = mire::event_store::open({.url = "postgresql://x/db?nonsense_option=1"});
+  REQUIRE_FALSE(store);
+  CHECK(store.error().code == mire::errc::bad_input);
+  CHECK(store.error().message.find("nonsense_option") != std::string::npos);
 }

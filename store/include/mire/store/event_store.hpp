@@ -36,6 +36,11 @@ struct store_options {
   int group_lock_timeout_ms = 500;
 };
 
+/// Whether `url` is something libpq can connect with (nothing connects): a URL, a "key=value"
+/// string or a bare database name. bad_input with libpq's reason otherwise (the URL itself is
+/// not repeated: it may hold a password). event_store::open checks it first.
+result<void> check_database_url(const std::string& url);
+
 class transaction;
 
 /// A parameter of caller-written SQL: its text form (cast it in SQL, e.g. `$1::bigint`), or
