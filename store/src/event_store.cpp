@@ -505,6 +505,22 @@ result<sql_rows> transaction::execute(std::string_view sql, const std::vector<sq
   auto r = conn_->conn->query_text(std::string(sql), values);
   if (!r)
     return guard(result<sql_rows>{std::move(r).error()});
+  // What changes the session beyond this transaction (a SET without LOCAL of a setting the server
+  // does not report, LISTEN, DEALLOCATE ...) must not follow the connection back into the pool,
+  // where the store's own appends would run under it: such a connection is closed on return.
+  const std::string_view tag = PQcmdStatus(r->get());
+  for (std::string_view changes : {"SET", "RESET", "DISCARD", "DEALLOCATE", "PREPARE", "LISTEN",
+                                   "UNLISTEN", "LOAD"})
+    if (tag == changes)
+      conn_->conn->taint();
+  if (const auto status = PQresultStatus(r->get());
+      status == PGRES_COPY_IN || status == PGRES_COPY_OUT) {
+    conn_->conn->taint(); // mid-COPY: closed, not cleaned up
+    return guard(result<sql_rows>{bad_input(fmt::format(
+        "COPY cannot run through execute ('{}'); use append_batch for bulk writes; the "
+        "transaction was rolled back",
+        detail::printable(sql)))});
+  }
   // COMMIT, ROLLBACK and the like belong to commit() and rollback(): after one, later appends
   // would run outside any transaction, and a conflict would no longer undo the earlier ones.
   if (!conn_->conn->in_transaction())
@@ -530,9 +546,14 @@ result<void> transaction::commit() {
     return ok;
   auto r = conn_->conn->exec("COMMIT");
   const bool lost = !conn_->conn->healthy();
+  // A transaction the server had already aborted answers COMMIT with ROLLBACK, not an error.
+  const bool rolled_back = r && std::string_view(PQcmdStatus(r->get())) != "COMMIT";
   auto pool = conn_->pool;
   const bool appended = conn_->appended;
   conn_.reset();  // back to the pool (or closed, when broken)
+  if (rolled_back)
+    return error{errc::internal, "the server had aborted the transaction: COMMIT rolled it back, "
+                                 "and nothing of it was committed"};
   if (r) {
     if (appended)
       pool->notifier.poke();

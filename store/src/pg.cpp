@@ -101,6 +101,8 @@ std::array<std::string, connection::watched_settings.size()> connection::reporte
 
 // On every return to the pool: compared in place, nothing allocated.
 bool connection::session_as_set_up() const {
+  if (tainted_)
+    return false;
   for (std::size_t i = 0; i < watched_settings.size(); ++i) {
     const char* v = PQparameterStatus(conn_, watched_settings[i]);
     if ((v ? std::string_view(v) : std::string_view()) != set_up_[i])

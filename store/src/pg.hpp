@@ -84,6 +84,9 @@ public:
   /// Still set up as open() left it (UTC, ISO dates, encoding...), as far as the server reports
   /// its settings: user SQL in a transaction scope may have changed them for the session.
   bool session_as_set_up() const;
+  /// Caller-written SQL changed what session_as_set_up cannot see (a SET of an unreported
+  /// setting, LISTEN, DEALLOCATE, a COPY left open): never reuse this connection.
+  void taint() { tainted_ = true; }
   PGconn* raw() { return conn_; }
 
 private:
@@ -93,6 +96,7 @@ private:
   std::unordered_set<std::string> prepared_;
   std::unordered_map<std::string, std::string> by_text_; // SQL text -> prepared statement name
   std::string last_constraint_;
+  bool tainted_ = false;
   /// Session settings the server reports on change, which reads and escaping depend on.
   static constexpr std::array<const char*, 5> watched_settings{
       "TimeZone", "DateStyle", "IntervalStyle", "client_encoding", "standard_conforming_strings"};

@@ -611,4 +611,39 @@ TEST_SUITE("pg") {
     }
   }
 
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a setting the server does not report, changed by user SQL, stays out of the "
+                    "pool") {
+    // One connection: whatever the scope leaves behind, the next user gets.
+    auto options = store.options();
+    options.pool_size = 1;
+    auto one = mire::event_store::open(options).value();
+    auto show = [&] {
+      auto tx = one.begin().value();
+      auto r = tx.execute("SHOW statement_timeout");
+      REQUIRE_MESSAGE(r, r.error().what());
+      return r->rows.at(0).at(0).value();
+    };
+    const auto before = show();
+    auto tx = one.begin().value();
+    REQUIRE(tx.execute("SET statement_timeout = 12345"));
+    REQUIRE(tx.commit());
+    CHECK(show() == before);
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "COPY through a transaction scope is refused and the scope commits nothing") {
+    auto tx = store.begin().value();
+    REQUIRE(tx.append("cp-1", expected_version::no_stream(), {plain_event("y")}));
+    REQUIRE(tx.execute("CREATE TABLE copy_target (x int)"));
+    auto copy = tx.execute("COPY copy_target FROM STDIN");
+    REQUIRE_FALSE(copy);
+    CHECK(copy.error().code == errc::bad_input);
+    CHECK(copy.error().message.find("'COPY copy_target FROM STDIN'") != std::string::npos);
+    CHECK_FALSE(tx.commit());
+    CHECK(store.stream_version("cp-1").value() == 0);
+    // The store goes on.
+    CHECK(store.append("cp-1", expected_version::no_stream(), {plain_event("y")}));
+  }
+
 } // TEST_SUITE("pg")
