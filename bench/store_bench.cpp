@@ -387,7 +387,7 @@ private:
     if (full.version() != size_.big_stream || full.state().total != size_.big_stream)
       throw failure(1, fmt::format("big stream replayed to version {} total {}, expected {}",
                                    full.version(), full.state().total, size_.big_stream));
-    must(store_.save_snapshot(make_snapshot(full)), "saving the snapshot");
+    must(store_.save_snapshot(must(make_snapshot(full), "snapshotting")), "saving the snapshot");
 
     std::vector<double> big_us, small_us;
     big_us.reserve(size_.loads);

@@ -99,7 +99,8 @@ int main(int argc, char** argv) {
     example::must(store.append_batch({{id, mire::expected_version::no_stream(), history(size)}}),
                   "writing the history");
     auto at_head = example::must(mire::load<bank::account>(store, id), "loading");
-    example::must(store.save_snapshot(mire::make_snapshot(at_head)), "saving the snapshot");
+    example::must(store.save_snapshot(example::must(mire::make_snapshot(at_head), "snapshotting")),
+                  "saving the snapshot");
 
     // Life goes on after the snapshot: a few more events, replayed on top of it by every load.
     auto acc = example::must(mire::load<bank::account>(store, id), "loading");

@@ -61,11 +61,13 @@ result<std::unique_ptr<connection>> connection::open(const std::string& url, int
   const std::string timeout = std::to_string(connect_timeout_s);
   // Over TCP, a peer that vanished without a word (a partition, a dead host) is noticed within
   // ~15 s instead of the kernel's ~15 minutes; unix sockets ignore these.
+  // The encoding comes after the URL, so nothing overrides it (PGCLIENTENCODING, the URL, the
+  // database's own): every check on stream ids and JSON assumes UTF-8 on the wire.
   const char* keys[] = {"connect_timeout", "application_name", "keepalives", "keepalives_idle",
                         "keepalives_interval", "keepalives_count", "tcp_user_timeout", "dbname",
-                        nullptr};
+                        "client_encoding", nullptr};
   const char* values[] = {timeout.c_str(), application_name.c_str(), "1", "5", "2", "3", "15000",
-                          url.c_str(), nullptr};
+                          url.c_str(), "UTF8", nullptr};
   PGconn* c = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
   if (c == nullptr)
     return error{errc::unavailable, "cannot allocate a database connection"};

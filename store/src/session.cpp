@@ -81,6 +81,13 @@ result<void> check_json(std::string_view what, std::string_view text, std::size_
   if (!nlohmann::json::accept(text))
     return bad_input(fmt::format("{} of event {} is not valid JSON: '{}'", what, index + 1,
                                  printable(text)));
+  // Valid JSON that jsonb refuses: a \u0000 escape (Postgres text cannot hold NUL). In valid
+  // JSON a backslash only starts an escape inside a string, so a plain scan finds them.
+  for (std::size_t i = text.find('\\'); i != std::string_view::npos; i = text.find('\\', i + 2))
+    if (text.substr(i + 1, 5) == "u0000")
+      return bad_input(fmt::format("{} of event {} contains \\u0000, which Postgres cannot "
+                                   "store: '{}'",
+                                   what, index + 1, printable(text)));
   if (must_be_object) {
     const auto first = text.find_first_not_of(" \t\r\n");
     if (first == std::string_view::npos || text[first] != '{')
@@ -411,7 +418,7 @@ result<void> check_append(std::string_view stream_id, std::vector<event_data>& e
   std::unordered_set<std::string_view> ids;
   for (std::size_t i = 0; i < events.size(); ++i) {
     if (auto ok = check_event(events[i], i, options); !ok)
-      return ok;
+      return bad_input(fmt::format("append to '{}': {}", printable(stream_id), ok.error().message));
     if (events.size() > 1 && !ids.insert(events[i].event_id).second)
       return bad_input(fmt::format("event id {} appears twice in one append", events[i].event_id));
   }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <barrier>
 #include <cctype>
@@ -823,6 +824,9 @@ TEST_SUITE("pg") {
            return err(store.append("acct-1", any, with_data(std::string("{\"a\":\"x\0y\"}", 11))));
          },
          "\\x00"},
+        {"a \\u0000 escape in metadata, named with its stream and event",
+         [&] { return err(store.append("acct-1", any, with_meta(R"({"a": "\u0000"})"))); },
+         "append to 'acct-1': metadata of event 1"},
         {"trailing garbage after JSON data",
          [&] { return err(store.append("acct-1", any, with_data("{} DROP TABLE"))); },
          "{} DROP TABLE"},
@@ -965,6 +969,21 @@ TEST_SUITE("pg") {
     CHECK(json::parse(snap->state) == json{{"balance", 1}});
     // The store still works after all of it.
     CHECK(store.append("acct-1", expected_version::exactly(2), good()));
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "stream ids travel as UTF-8 whatever client encoding the environment asks") {
+    auto options = store.options();
+    options.pool_size = 1;
+    setenv("PGCLIENTENCODING", "LATIN1", 1);
+    auto latin = mire::event_store::open(options);
+    unsetenv("PGCLIENTENCODING");
+    REQUIRE_MESSAGE(latin, latin.error().what());
+    REQUIRE(latin->append("caf\u00e9-1", expected_version::no_stream(), {with_id("e")}));
+    auto streams = store.streams().value();
+    REQUIRE(streams.size() == 1);
+    CHECK(streams[0].stream_id == "caf\u00e9-1");
+    CHECK(store.stream_version("caf\u00e9-1").value() == 1);
   }
 
 } // TEST_SUITE("pg")

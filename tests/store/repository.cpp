@@ -124,6 +124,16 @@ TEST_CASE("an event that does not encode leaves the aggregate as it was") {
   CHECK(a.pending().size() == 1);
 }
 
+TEST_CASE("an aggregate with unsaved events cannot be snapshotted") {
+  mire::aggregate<snap_account<1>> a{"account-x"};
+  a.record(opened{"Ada"});
+  a.record(deposited{5});
+  auto s = mire::make_snapshot(a);
+  REQUIRE_FALSE(s);
+  CHECK(s.error().code == errc::bad_input);
+  CHECK(s.error().message.find("'account-x' with 2 recorded event(s)") != std::string::npos);
+}
+
 TEST_SUITE("pg") {
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
@@ -255,7 +265,7 @@ TEST_SUITE("pg") {
     REQUIRE(open_account(store, "account-5", "Ada", 9) == 10);
     auto at10 = mire::load<snap_account<1>>(store, "account-5").value();
     CHECK(at10.state().applied == 10); // no snapshot yet
-    REQUIRE(store.save_snapshot(mire::make_snapshot(at10)));
+    REQUIRE(store.save_snapshot(mire::make_snapshot(at10).value()));
     auto snap = store.load_snapshot("account-5").value();
     REQUIRE(snap);
     CHECK(snap->version == 10);

@@ -133,8 +133,13 @@ template <event_sourced A, class Sink> result<append_result> save(Sink& sink, ag
   return r;
 }
 
-/// Snapshot of the aggregate's current state.
-template <snapshottable A> snapshot make_snapshot(const aggregate<A>& agg) {
+/// Snapshot of the aggregate's current state, which must be saved: with events recorded and not
+/// yet saved the state is ahead of version() (bad_input), and a load would apply them twice.
+template <snapshottable A> result<snapshot> make_snapshot(const aggregate<A>& agg) {
+  if (!agg.pending().empty())
+    return bad_input("cannot snapshot '" + agg.id() + "' with " +
+                     std::to_string(agg.pending().size()) +
+                     " recorded event(s) not saved yet: save it first");
   return snapshot{agg.id(), agg.version(), static_cast<int32_t>(A::snapshot_schema),
                   nlohmann::json(agg.state()).dump()};
 }
@@ -163,7 +168,8 @@ public:
         // (a state that does not serialize, e.g. invalid UTF-8 in a string) must not turn this
         // save into a failure.
         try {
-          (void)store_.save_snapshot(make_snapshot(agg));
+          if (auto s = make_snapshot(agg))
+            (void)store_.save_snapshot(*s);
         } catch (const std::exception&) {
         }
       }
