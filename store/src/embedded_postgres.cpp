@@ -380,8 +380,19 @@ int to_int(std::string_view s) {
   return v;
 }
 
+// Whether process `pid` runs the postgres binary (Linux: /proc/PID/comm); true when that cannot
+// be read, so that only a pid seen to be another program's is taken for stale.
+bool runs_postgres(int pid) {
+  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+  std::string name;
+  if (!comm || !std::getline(comm, name))
+    return true;
+  return name == "postgres";
+}
+
 std::optional<postmaster> live_postmaster(const cluster_layout& l) {
-  std::ifstream in(l.data / "postmaster.pid");
+  const auto pid_file = l.data / "postmaster.pid";
+  std::ifstream in(pid_file);
   if (!in)
     return std::nullopt;
   std::string lines[5];
@@ -391,6 +402,13 @@ std::optional<postmaster> live_postmaster(const cluster_layout& l) {
   // A pid file without a live process is what a crashed server leaves behind.
   if (pm.pid <= 0 || (kill(pm.pid, 0) != 0 && errno != EPERM))
     return std::nullopt;
+  // After a reboot or a container restart its pid may belong to another program now: the file
+  // is stale, and Postgres would refuse to start beside it (the pid is alive), so it goes.
+  if (!runs_postgres(pm.pid)) {
+    std::error_code ec;
+    fs::remove(pid_file, ec);
+    return std::nullopt;
+  }
   return pm;
 }
 

@@ -146,6 +146,22 @@ TEST_SUITE("pg") {
     require_ok(embedded_postgres::stop(home.options));
   }
 
+  TEST_CASE("a pid file left by a crash, naming a pid another program now has, does not stop a "
+            "start") {
+    temp_home home;
+    const auto data = fs::path(value_of(embedded_postgres::start(home.options)).data_dir());
+    require_ok(embedded_postgres::stop(home.options));
+    // As after a reboot: the pid file stayed and its pid now runs something else (this test).
+    {
+      std::ofstream pid_file(data / "postmaster.pid");
+      pid_file << getpid() << "\n" << data.string() << "\n0\n5432\n/nonexistent\n";
+    }
+    CHECK_FALSE(value_of(embedded_postgres::status(home.options)).running);
+    auto pg = value_of(embedded_postgres::start(home.options));
+    CHECK(query(pg.url(), "SELECT 1") == "1");
+    require_ok(embedded_postgres::stop(home.options));
+  }
+
   TEST_CASE("status of a home never started shows nothing initialized or running") {
     temp_home home;
     auto o = home.options;
