@@ -19,7 +19,9 @@ using detail::store_access;
 // A free or expired lease changes hands (fence + 1); the owner's own live lease is extended with
 // its fence unchanged; another owner's live lease is left alone (no row returned). The clock is
 // read when the statement runs (clock_timestamp), not when its transaction began: the statement
-// may have waited for the lease row behind a batch.
+// may have waited for the lease row behind a batch. So the update computes its own expiry once it
+// holds the row (excluded.expires_at was computed before the wait: a takeover that waited nearly
+// a ttl would get a lease already almost over).
 constexpr std::string_view acquire_sql = R"sql(
 INSERT INTO {s}.leases AS l (resource, owner, fence_token, expires_at, acquired_at)
 VALUES ($1, $2, 1, clock_timestamp() + $3::bigint * interval '1 millisecond', clock_timestamp())
@@ -29,7 +31,7 @@ SET owner = excluded.owner,
                        THEN l.fence_token ELSE l.fence_token + 1 END,
     acquired_at = CASE WHEN l.owner = excluded.owner AND l.expires_at > clock_timestamp()
                        THEN l.acquired_at ELSE clock_timestamp() END,
-    expires_at = excluded.expires_at
+    expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
 WHERE l.owner = excluded.owner OR l.expires_at <= clock_timestamp()
 RETURNING fence_token)sql";
 
