@@ -129,8 +129,12 @@ RETURNING (SELECT p.state = 'running' AND NOT p.rebuild_requested
     insert_generation = s(R"sql(
 INSERT INTO {s}.projection_generations (name, generation, fence_token) VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING)sql");
-    clear_rebuild = s("UPDATE {s}.projections SET rebuild_requested = false, updated_at = now() "
-                      "WHERE name = $1");
+    // Only while the rebuild it answers runs (the generation after the live one exists): a
+    // runner that read the flag before another replica switched that rebuild live must not eat
+    // a request made since.
+    clear_rebuild = s("UPDATE {s}.projections p SET rebuild_requested = false, updated_at = now() "
+                      "WHERE p.name = $1 AND EXISTS (SELECT 1 FROM {s}.projection_generations g "
+                      "WHERE g.name = $1 AND g.generation = p.live_generation + 1)");
     switch_live = s("UPDATE {s}.projections SET live_generation = $2, updated_at = now(), "
                     "error = CASE WHEN state = 'running' THEN NULL ELSE error END "
                     "WHERE name = $1 AND live_generation = $3");
