@@ -425,7 +425,7 @@ TEST_CASE_FIXTURE(mire::test::pg_fixture,
 
   sql("ALTER SYSTEM SET synchronous_standby_names = 'mire_test_nobody'");
   sql("SELECT pg_reload_conf()");
-  std::this_thread::sleep_for(200ms);
+  std::this_thread::sleep_for(1s); // the checkpointer publishes the standby setting on reload
   const auto e1 = one(1), e2 = one(2);
   std::vector<stream_append> group{{"rs-1", expected_version::no_stream(), {e1}},
                                    {"rs-2", expected_version::no_stream(), {e2}}};
