@@ -13,6 +13,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -134,6 +135,34 @@ void same_state(const account& a, const account& b) {
   CHECK(a.owner == b.owner);
   CHECK(a.balance == b.balance);
   CHECK(a.events == b.events);
+}
+
+// Writes version 2 of `id` (at version 1) in a transaction left open: an append of version 2
+// waits on it until the transaction ends.
+mire::transaction hold_version_2(mire::event_store& store, const std::string& id) {
+  auto blocker = store.begin();
+  REQUIRE(blocker);
+  REQUIRE(blocker->append(id, mire::expected_version::exactly(1),
+                          {mire::event_data{"account.deposited", R"({"amount": 1, "ref": "held"})",
+                                            "{}", ""}}));
+  return std::move(*blocker);
+}
+
+using pending_send = std::future<mire::actors::command_result<account>>;
+
+// Deposits d1, then d2, to account-1 from threads of their own, with version 2 held
+// (hold_version_2): d1's append waits in the database, d2 in the actor behind it.
+std::pair<pending_send, pending_send> held_deposits(runtime& rt) {
+  auto deposit = [&rt](std::string ref) {
+    return std::async(std::launch::async, [&rt, ref] {
+      return rt.send<account>("account-1", bank::deposit{5, ref}, 60s);
+    });
+  };
+  auto first = deposit("d1");
+  std::this_thread::sleep_for(300ms);
+  auto second = deposit("d2");
+  std::this_thread::sleep_for(300ms);
+  return {std::move(first), std::move(second)};
 }
 
 // Destroys `rt` on a thread of its own; false if that has not finished within `limit` (the
@@ -487,22 +516,8 @@ TEST_SUITE("pg") {
                     "it never ran") {
     auto rt = start(store);
     REQUIRE(rt.send<account>("account-1", bank::open{"Ada"}, 10s));
-    // An uncommitted write of version 2 elsewhere: the first deposit's append waits on it, the
-    // second deposit waits in the actor behind the first.
-    auto blocker = store.begin();
-    REQUIRE(blocker);
-    REQUIRE(blocker->append("account-1", mire::expected_version::exactly(1),
-                            {mire::event_data{"account.deposited",
-                                              R"({"amount": 1, "ref": "held"})", "{}", ""}}));
-    auto deposit = [&](std::string ref) {
-      return std::async(std::launch::async, [&rt, ref] {
-        return rt.send<account>("account-1", bank::deposit{5, ref}, 30s);
-      });
-    };
-    auto first = deposit("d1");
-    std::this_thread::sleep_for(300ms);
-    auto second = deposit("d2");
-    std::this_thread::sleep_for(300ms);
+    auto blocker = hold_version_2(store, "account-1");
+    auto [first, second] = held_deposits(rt);
     auto actor = find_actor(rt, "account-1");
     REQUIRE(actor);
     caf::anon_send_exit(actor, caf::exit_reason::kill);
@@ -515,7 +530,7 @@ TEST_SUITE("pg") {
     CHECK(r2.error().code == errc::unavailable);
     CHECK(r2.error().stream_id == "account-1");
     // The first append still goes in once the blocker leaves; the second was never sent.
-    blocker->rollback();
+    blocker.rollback();
     bool landed = false;
     for (int i = 0; i < 500 && !landed; ++i) {
       landed = store.stream_version("account-1").value() == 2;
@@ -543,29 +558,15 @@ TEST_SUITE("pg") {
                     "a runtime that stops answers the callers still waiting at once") {
     std::optional<runtime> rt = start(store);
     REQUIRE(rt->send<account>("account-1", bank::open{"Ada"}, 10s));
-    // An uncommitted write of version 2 elsewhere: the first deposit's append waits on it, the
-    // second deposit waits in the actor behind the first.
-    auto blocker = store.begin();
-    REQUIRE(blocker);
-    REQUIRE(blocker->append("account-1", mire::expected_version::exactly(1),
-                            {mire::event_data{"account.deposited",
-                                              R"({"amount": 1, "ref": "held"})", "{}", ""}}));
-    auto deposit = [&](std::string ref) {
-      return std::async(std::launch::async, [&rt, ref] {
-        return rt->send<account>("account-1", bank::deposit{5, ref}, 60s);
-      });
-    };
-    auto first = deposit("d1");
-    std::this_thread::sleep_for(300ms);
-    auto second = deposit("d2");
-    std::this_thread::sleep_for(300ms);
+    auto blocker = hold_version_2(store, "account-1");
+    auto [first, second] = held_deposits(*rt);
     REQUIRE(first.wait_for(0s) == std::future_status::timeout);
     // Stopping waits for the store worker, which waits for the blocker.
     bool answered = false;
     const bool destroyed = destroyed_within(rt, 30s, [&] {
       answered = first.wait_for(20s) == std::future_status::ready &&
                  second.wait_for(20s) == std::future_status::ready;
-      blocker->rollback();
+      blocker.rollback();
     });
     REQUIRE(destroyed);
     REQUIRE_MESSAGE(answered, "callers were left waiting for their timeouts");
