@@ -11,7 +11,6 @@
 // ways: an exit_msg with reason kill is fatal to every linked actor in CAF 0.17 (no exit handler
 // can trap it), so one killed aggregate would take the registry and all its siblings along.
 #include "registry_actor.hpp"
-#include "top_level.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -29,6 +28,7 @@
 
 #include "mire/actors/errors.hpp"
 #include "mire/actors/registry.hpp"
+#include "top_level.hpp"
 
 namespace mire::actors::detail {
 namespace {

@@ -2,12 +2,12 @@
 
 #include <chrono>
 #include <condition_variable>
-#include <utility>
 #include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 #include <fmt/format.h>
 #include <libpq-fe.h>
