@@ -165,8 +165,14 @@ WITH held AS (SELECT 1 FROM {s}.leases l
 done AS (UPDATE {s}.projection_dead_letters SET status = 'applied', updated_at = now()
          WHERE id = $4 AND status = 'retry' AND EXISTS (SELECT 1 FROM held) RETURNING 1)
 SELECT EXISTS (SELECT 1 FROM held), EXISTS (SELECT 1 FROM done))sql");
-    retry_failed = s("UPDATE {s}.projection_dead_letters SET status = 'parked', error = $2, "
-                     "updated_at = now() WHERE id = $1 AND status = 'retry'");
+    // Fenced like retry_done: a replica that lost the lease meanwhile must not put back to
+    // 'parked' a letter the new holder may be retrying.
+    retry_failed = s(R"sql(
+UPDATE {s}.projection_dead_letters SET status = 'parked', error = $2, updated_at = now()
+WHERE id = $1 AND status = 'retry'
+  AND EXISTS (SELECT 1 FROM {s}.leases l
+              WHERE l.resource = $3 AND l.owner = $4 AND l.fence_token = $5::bigint
+                AND l.expires_at > clock_timestamp()))sql");
     status = s(R"sql(
 SELECT p.name, p.state, coalesce(p.error, ''), p.live_generation,
        coalesce(g.transaction_id, '0'), coalesce(g.position, 0), coalesce(g.events_applied, 0),
@@ -940,7 +946,7 @@ struct projector::impl {
       const auto generation = static_cast<int32_t>(r->int64(i, 10));
       if (!generations.contains(generation)) {
         (void)run(store, "mire_proj_retry_failed", sql->retry_failed,
-                  {id, "its generation was retired"});
+                  {id, "its generation was retired", resource, held.owner, fence});
         continue;
       }
       auto f = begin_fenced(held);
@@ -952,7 +958,8 @@ struct projector::impl {
           return ok.error();
         auto failed =
             run(store, "mire_proj_retry_failed", sql->retry_failed,
-                {id, detail::printable(ok.error().what(), max_stored_error)});
+                {id, detail::printable(ok.error().what(), max_stored_error), resource, held.owner,
+                 fence});
         if (!failed)
           return failed.error();
         continue;
