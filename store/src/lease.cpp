@@ -1,5 +1,6 @@
-// Leases in SQL: acquire, renew and release are single statements on the database clock, each
-// run with a statement timeout so a holder never waits past its own lease.
+// Leases in SQL: acquire, renew and release are single statements on the database clock (renew
+// locks its row first), each run with a statement timeout so a holder never waits past its own
+// lease.
 #include "mire/store/lease.hpp"
 
 #include "mire/store/uuid.hpp"
@@ -37,6 +38,12 @@ RETURNING fence_token)sql";
 
 // Only the holder of this very fence, and only while the lease is live: after an expiry the
 // holder must acquire again (which moves the fence), so an interval without a lease is seen.
+// The row is locked first (lock_row_sql, same transaction): an UPDATE reads the clock for its
+// WHERE before it waits behind a batch's FOR SHARE, and Postgres does not check it again after
+// a lock that changed nothing, so a lease that expired during the wait would be extended.
+constexpr std::string_view lock_row_sql = R"sql(
+SELECT 1 FROM {s}.leases WHERE resource = $1 FOR NO KEY UPDATE)sql";
+
 constexpr std::string_view renew_sql = R"sql(
 UPDATE {s}.leases SET expires_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
 WHERE resource = $1 AND owner = $2 AND fence_token = $3 AND expires_at > clock_timestamp()
@@ -71,7 +78,8 @@ result<void> check_ttl(std::chrono::milliseconds ttl) {
 // Runs one statement in its own transaction with a statement timeout (SET LOCAL), so that a
 // lease call never blocks longer than the lease is worth.
 result<pg::rows> run_bounded(event_store& store, std::string_view name, std::string_view sql,
-                             std::vector<pg::param> params, std::chrono::milliseconds timeout) {
+                             std::vector<pg::param> params, std::chrono::milliseconds timeout,
+                             bool lock_row_first = false) {
   auto tx = store.begin();
   if (!tx)
     return tx.error();
@@ -82,6 +90,15 @@ result<pg::rows> run_bounded(event_store& store, std::string_view name, std::str
   if (!set) {
     store_access::fail(*tx);
     return set.error();
+  }
+  if (lock_row_first) {
+    auto locked = conn->query("mire_lease_lock_row",
+                              detail::in_schema(lock_row_sql, store_access::schema(store)),
+                              {params.front()});
+    if (!locked) {
+      store_access::fail(*tx);
+      return locked.error();
+    }
   }
   auto r =
       conn->query(std::string(name), detail::in_schema(sql, store_access::schema(store)), params);
@@ -128,7 +145,7 @@ result<bool> renew_lease(event_store& store, const lease& held, std::chrono::mil
   const std::string fence = std::to_string(held.fence_token);
   const std::string ms = std::to_string(ttl.count());
   auto r = run_bounded(store, "mire_lease_renew", renew_sql, {held.resource, held.owner, fence, ms},
-                       ttl);
+                       ttl, /*lock_row_first=*/true);
   if (!r)
     return r.error();
   return !r->empty();

@@ -5,10 +5,12 @@
 #include <libpq-fe.h>
 
 #include <atomic>
+#include <future>
 #include <map>
 #include <memory>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -158,6 +160,30 @@ TEST_SUITE("pg") {
     auto back = mire::acquire_lease(store, "r", "alice", 60s);
     REQUIRE(back);
     CHECK_FALSE(back->has_value());
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a renewal that waited behind a batch until the lease expired fails") {
+    auto a = must_acquire(store, "r", "alice", 1500ms);
+    // A batch holds the lease row (FOR SHARE, as every batch does) while the lease runs out.
+    auto batch = store.begin().value();
+    REQUIRE(batch.execute("SELECT 1 FROM mire.leases WHERE resource = 'r' FOR SHARE"));
+    auto renewal = std::async(std::launch::async, [&] { return mire::renew_lease(store, a, 10s); });
+    auto value = [&](const std::string& q) { return sql(store, q, {}).rows.at(0).at(0).value(); };
+    bool waiting = false;
+    for (int i = 0; i < 500 && !waiting; ++i) {
+      waiting = value("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                      "AND query LIKE '%leases%'") != "0";
+      std::this_thread::sleep_for(10ms);
+    }
+    CHECK(waiting);
+    while (value("SELECT expires_at <= clock_timestamp() FROM mire.leases WHERE resource = 'r'") !=
+           "t")
+      std::this_thread::sleep_for(20ms);
+    batch.rollback();
+    auto renewed = renewal.get();
+    REQUIRE_MESSAGE(renewed, renewed.error().what());
+    CHECK_FALSE(*renewed); // an expired lease is acquired again (a new fence), never renewed
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
