@@ -61,6 +61,7 @@ int run_replica(mire::event_store& store) {
       "starting the runner");
   caf::scoped_actor self{system};
   bool driving = false;
+  std::string last_failure; // said once, not every 50 ms
   while (!stopping && getppid() == parent) {
     self->request(runner, 2s, mire::actors::status_atom::value)
         .receive(
@@ -69,8 +70,14 @@ int run_replica(mire::event_store& store) {
                 std::cout << id << ": " << (s.held ? "driving the projection" : "standing by")
                           << " (fence " << s.fence_token << ")" << std::endl;
               driving = s.held;
+              last_failure.clear();
             },
-            [](caf::error&) {});
+            [&](caf::error& e) {
+              auto why = system.render(e);
+              if (why != last_failure)
+                std::cerr << id << ": no status from the runner: " << why << std::endl;
+              last_failure = std::move(why);
+            });
     std::this_thread::sleep_for(50ms);
   }
   self->send_exit(runner, caf::exit_reason::user_shutdown);
