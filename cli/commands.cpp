@@ -98,10 +98,10 @@ int run_db(const context& ctx, const command_line& cl) {
   // Only the embedded server is mire's to start and stop; acting on it while every other command
   // goes elsewhere would mislead.
   if (ctx.external_database())
-    return ctx.fail(bad_input(
-        fmt::format("'mire db {}' manages the embedded database under MIRE_HOME, but "
-                    "mire.database.url names another database (from {})",
-                    action, ctx.database_origin())));
+    return ctx.fail(
+        bad_input(fmt::format("'mire db {}' manages the embedded database under MIRE_HOME, but "
+                              "mire.database.url names another database (from {})",
+                              action, ctx.database_origin())));
 
   if (action == "stop") {
     if (auto stopped = embedded_postgres::stop(ctx.embedded()); !stopped)

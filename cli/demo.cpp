@@ -43,10 +43,10 @@ int run_demo(const context& ctx, const command_line& cl) {
   if (text) {
     fmt::print("mire demo: a bank account kept as a stream of events\n");
     // An external URL may carry a password: show only the embedded one.
-    fmt::print("database: {}\n\n", ctx.external_database()
-                                       ? "the one named by mire.database.url (from " +
-                                             ctx.database_origin() + ")"
-                                       : "embedded, " + *url);
+    fmt::print("database: {}\n\n",
+               ctx.external_database()
+                   ? "the one named by mire.database.url (from " + ctx.database_origin() + ")"
+                   : "embedded, " + *url);
   }
 
   auto acc = accounts.load(id);

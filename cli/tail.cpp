@@ -1,7 +1,7 @@
 // `mire tail`: follows the global log live. It reads pages with read_all, which never skips an
-// event whose transaction commits late (rule 3 of docs/ARCHITECTURE.md), and when nothing more is visible waits on
-// LISTEN/NOTIFY (log_listener) with a poll fallback, since a notification is only a hint: the
-// horizon can also move without one (a long transaction that wrote nothing ends).
+// event whose transaction commits late (rule 3 of docs/ARCHITECTURE.md), and when nothing more is
+// visible waits on LISTEN/NOTIFY (log_listener) with a poll fallback, since a notification is only
+// a hint: the horizon can also move without one (a long transaction that wrote nothing ends).
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
@@ -46,9 +46,13 @@ result<std::vector<std::string>> types_option(const command_line& cl) {
   const auto* text = cl.value("type");
   if (text == nullptr)
     return types;
+  // getline drops a trailing empty item ("a,"): refuse that one up front.
+  if (!text->empty() && text->back() == ',')
+    return bad_input(
+        fmt::format("--type {} has an empty event type (give T or T1,T2,...)", printable(*text)));
   std::stringstream in(*text);
   for (std::string t; std::getline(in, t, ',');) {
-    if (t.empty() || (!text->empty() && text->back() == ','))
+    if (t.empty())
       return bad_input(
           fmt::format("--type {} has an empty event type (give T or T1,T2,...)", printable(*text)));
     types.push_back(t);

@@ -244,7 +244,8 @@ result<caf::actor> spawn_lease_actor(caf::actor_system& system, const store_opti
     return ok.error();
   if (!owner)
     return bad_input("lease owner actor is invalid");
-  return detail::spawn_top_level(system, lease_actor, with_defaults(std::move(options)), db, std::move(owner));
+  return detail::spawn_top_level(system, lease_actor, with_defaults(std::move(options)), db,
+                                 std::move(owner));
 }
 
 } // namespace mire::actors

@@ -303,8 +303,8 @@ result<caf::actor> spawn_projection_runner(caf::actor_system& system, const even
   lease_options lease{projection_resource(definition.name), options.owner, options.lease_ttl};
   if (auto ok = validate(lease); !ok)
     return ok.error();
-  return detail::spawn_top_level(system, runner_actor, std::move(options), store.options(), std::move(definition),
-                      std::move(lease));
+  return detail::spawn_top_level(system, runner_actor, std::move(options), store.options(),
+                                 std::move(definition), std::move(lease));
 }
 
 } // namespace mire::actors

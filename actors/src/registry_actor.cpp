@@ -79,8 +79,7 @@ struct aggregate_state {
         continue;
       mire::error err{errc::unavailable,
                       "the actor of '" + id + "' stopped before this " +
-                          (j.is_command ? "command ran: nothing of it was recorded"
-                                        : "query ran")};
+                          (j.is_command ? "command ran: nothing of it was recorded" : "query ran")};
       err.stream_id = id;
       j.slot->settle(std::move(err));
     }

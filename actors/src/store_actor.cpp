@@ -25,7 +25,6 @@
 #include "mire/store/uuid.hpp"
 #include "top_level.hpp"
 
-
 namespace mire::actors {
 namespace {
 
@@ -472,7 +471,8 @@ result<store_actor> spawn_store_actor(caf::actor_system& system, event_store sto
   if (store.options().pool_size < options.workers)
     return bad_input("the event store's pool_size (" + std::to_string(store.options().pool_size) +
                      ") must be at least store.workers (" + std::to_string(options.workers) + ")");
-  return caf::actor_cast<store_actor>(detail::spawn_top_level(system, coordinator_actor, std::move(store), options));
+  return caf::actor_cast<store_actor>(
+      detail::spawn_top_level(system, coordinator_actor, std::move(store), options));
 }
 
 } // namespace mire::actors

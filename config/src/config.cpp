@@ -391,8 +391,8 @@ private:
     if (!t)
       return std::move(t).error();
     if (t->count() > 0 && *t < std::chrono::milliseconds(1))
-      return bad_input(fmt::format("{} must be 0 or at least 1ms, got {}{}", key,
-                                   shown(key), from(key)));
+      return bad_input(
+          fmt::format("{} must be 0 or at least 1ms, got {}{}", key, shown(key), from(key)));
     return std::chrono::duration_cast<std::chrono::milliseconds>(*t);
   }
 

@@ -509,17 +509,17 @@ result<sql_rows> transaction::execute(std::string_view sql, const std::vector<sq
   // does not report, LISTEN, DEALLOCATE ...) must not follow the connection back into the pool,
   // where the store's own appends would run under it: such a connection is closed on return.
   const std::string_view tag = PQcmdStatus(r->get());
-  for (std::string_view changes : {"SET", "RESET", "DISCARD", "DEALLOCATE", "PREPARE", "LISTEN",
-                                   "UNLISTEN", "LOAD"})
+  for (std::string_view changes :
+       {"SET", "RESET", "DISCARD", "DEALLOCATE", "PREPARE", "LISTEN", "UNLISTEN", "LOAD"})
     if (tag == changes)
       conn_->conn->taint();
   if (const auto status = PQresultStatus(r->get());
       status == PGRES_COPY_IN || status == PGRES_COPY_OUT) {
     conn_->conn->taint(); // mid-COPY: closed, not cleaned up
-    return guard(result<sql_rows>{bad_input(fmt::format(
-        "COPY cannot run through execute ('{}'); use append_batch for bulk writes; the "
-        "transaction was rolled back",
-        detail::printable(sql)))});
+    return guard(result<sql_rows>{bad_input(
+        fmt::format("COPY cannot run through execute ('{}'); use append_batch for bulk writes; the "
+                    "transaction was rolled back",
+                    detail::printable(sql)))});
   }
   // COMMIT, ROLLBACK and the like belong to commit() and rollback(): after one, later appends
   // would run outside any transaction, and a conflict would no longer undo the earlier ones.

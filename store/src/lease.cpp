@@ -92,9 +92,9 @@ result<pg::rows> run_bounded(event_store& store, std::string_view name, std::str
     return set.error();
   }
   if (lock_row_first) {
-    auto locked = conn->query("mire_lease_lock_row",
-                              detail::in_schema(lock_row_sql, store_access::schema(store)),
-                              {params.front()});
+    auto locked =
+        conn->query("mire_lease_lock_row",
+                    detail::in_schema(lock_row_sql, store_access::schema(store)), {params.front()});
     if (!locked) {
       store_access::fail(*tx);
       return locked.error();

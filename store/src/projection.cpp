@@ -956,10 +956,9 @@ struct projector::impl {
         f->tx.rollback();
         if (transient(ok.error()))
           return ok.error();
-        auto failed =
-            run(store, "mire_proj_retry_failed", sql->retry_failed,
-                {id, detail::printable(ok.error().what(), max_stored_error), resource, held.owner,
-                 fence});
+        auto failed = run(store, "mire_proj_retry_failed", sql->retry_failed,
+                          {id, detail::printable(ok.error().what(), max_stored_error), resource,
+                           held.owner, fence});
         if (!failed)
           return failed.error();
         continue;

@@ -211,10 +211,9 @@ TEST_SUITE("pg") {
     // the batch fails on a lost connection rather than on its fence.
     append_deposits(store, 3, 20);
     auto def = balances_projection();
-    def.batch_handler = [inner = def.handler](mire::transaction& tx,
-                                              std::span<const mire::recorded_event> run,
-                                              const mire::projection_context& ctx)
-        -> mire::result<void> {
+    def.batch_handler =
+        [inner = def.handler](mire::transaction& tx, std::span<const mire::recorded_event> run,
+                              const mire::projection_context& ctx) -> mire::result<void> {
       std::this_thread::sleep_for(40ms * run.size());
       for (const auto& e : run)
         if (auto ok = inner(tx, e, ctx); !ok)

@@ -142,9 +142,9 @@ void same_state(const account& a, const account& b) {
 mire::transaction hold_version_2(mire::event_store& store, const std::string& id) {
   auto blocker = store.begin();
   REQUIRE(blocker);
-  REQUIRE(blocker->append(id, mire::expected_version::exactly(1),
-                          {mire::event_data{"account.deposited", R"({"amount": 1, "ref": "held"})",
-                                            "{}", ""}}));
+  REQUIRE(blocker->append(
+      id, mire::expected_version::exactly(1),
+      {mire::event_data{"account.deposited", R"({"amount": 1, "ref": "held"})", "{}", ""}}));
   return std::move(*blocker);
 }
 
@@ -167,8 +167,9 @@ std::pair<pending_send, pending_send> held_deposits(runtime& rt) {
 
 // Destroys `rt` on a thread of its own; false if that has not finished within `limit` (the
 // thread is then left behind, stuck, and the test fails instead of hanging).
-bool destroyed_within(std::optional<runtime>& rt, std::chrono::seconds limit,
-                      const std::function<void()>& meanwhile = [] {}) {
+bool destroyed_within(
+    std::optional<runtime>& rt, std::chrono::seconds limit,
+    const std::function<void()>& meanwhile = [] {}) {
   auto done = std::make_shared<std::atomic<bool>>(false);
   std::thread([&rt, done] {
     rt.reset();
@@ -487,8 +488,8 @@ TEST_SUITE("pg") {
           ++accepted;
         else
           // Queued behind a killed command: never ran (check_log: not in the log).
-          CHECK_MESSAGE((s.kind == sent::failed && (s.code == errc::commit_in_doubt ||
-                                                    s.code == errc::unavailable)),
+          CHECK_MESSAGE((s.kind == sent::failed &&
+                         (s.code == errc::commit_in_doubt || s.code == errc::unavailable)),
                         "command ", s.ref, " neither accepted, in doubt nor unrun");
         in_doubt += s.kind == sent::failed && s.code == errc::commit_in_doubt;
         not_run += s.kind == sent::failed && s.code == errc::unavailable;

@@ -7,12 +7,12 @@
 #include <stdlib.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <atomic>
 #include <barrier>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -807,11 +807,12 @@ TEST_SUITE("pg") {
         {"UTF-16 surrogate in stream id",
          [&] { return err(store.append("acct-\xed\xa0\x80", any, good())); }, "acct-\\xed"},
         {"code point beyond U+10FFFF in stream id",
-         [&] { return err(store.append("acct-\xf4\x90\x80\x80", any, good())); },
-         "acct-\\xf4"},
+         [&] { return err(store.append("acct-\xf4\x90\x80\x80", any, good())); }, "acct-\\xf4"},
         {"JSON nested deeper than the server parses",
-         [&] { return err(store.append("acct-1", any, with_data(std::string(100000, '[') +
-                                                               std::string(100000, ']')))); },
+         [&] {
+           return err(store.append("acct-1", any,
+                                   with_data(std::string(100000, '[') + std::string(100000, ']'))));
+         },
          "acct-1"},
         {"too long stream id",
          [&] { return err(store.append("acct-" + std::string(600, 'y'), any, good())); }, "605"},

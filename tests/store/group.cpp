@@ -401,7 +401,8 @@ TEST_CASE_FIXTURE(mire::test::pg_fixture,
   };
   auto count_waiting = [&](const std::string& condition) {
     return sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-               "'mire-resend-test' AND " + condition);
+               "'mire-resend-test' AND " +
+               condition);
   };
   struct standby_reset { // also when a check fails
     std::function<void()> reset;
