@@ -1,7 +1,8 @@
 // The registry of one aggregate type and its aggregate actors (see registry.hpp for the public
 // protocol). Internal protocol:
 //   registry -> aggregate: (command_atom, token, erased_command, reply_slot_ptr),
-//                          (state_atom, token, reply_slot_ptr), (stop_atom)
+//                          (state_atom, token, reply_slot_ptr), (stop_atom); the first two
+//                          also straight from plain threads (send_direct, token 0)
 //   aggregate -> registry: (reply_atom, token, erased_reply | caf::error), (idle_atom, id)
 // A job with a reply slot (a plain thread waits on it, runtime::send) is answered into the slot
 // by the aggregate itself; a job without one (a request to the registry) through the registry.
@@ -16,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <random>
 #include <deque>
 #include <exception>
@@ -469,10 +471,23 @@ struct pending_job {
   bool is_command = false;
 };
 
+} // namespace
+
+// The registry changes the table (spawn, death, passivation); a sending thread only adds its job
+// to an actor it finds (send_direct). Both under `mutex`, and a job is sent while it is held: the
+// registry then never lets an actor go (or answers for its death) without seeing that job.
+class routes {
+public:
+  std::mutex mutex;
+  std::unordered_map<std::string, live_actor> actors;
+};
+
+namespace {
+
 struct registry_state {
   std::shared_ptr<const aggregate_type> type;
   store_actor store;
-  std::unordered_map<std::string, live_actor> actors;
+  std::shared_ptr<routes> table;
   std::unordered_map<caf::actor_addr, std::string> ids;
   std::unordered_map<uint64_t, pending_job> pending;
   uint64_t next_token = 0;
@@ -491,54 +506,61 @@ struct registry_state {
     };
     for (auto& [token, p] : pending)
       p.rp.deliver(to_caf(stopped(p.id, p.is_command)));
-    for (auto& [id, a] : actors)
+    if (!table)
+      return;
+    std::lock_guard lock{table->mutex};
+    for (auto& [id, a] : table->actors)
       for (auto& s : a.slots)
         s.slot->settle(stopped(id, s.is_command)); // a no-op for the answered ones
+    table->actors.clear();
   }
   static inline const char* name = "mire.registry";
 };
 
 using registry_self = caf::stateful_actor<registry_state>*;
 
+// Callers hold the table's mutex.
 live_actor& actor_of(registry_self self, const std::string& id) {
   auto& st = self->state;
-  auto it = st.actors.find(id);
-  if (it == st.actors.end()) {
+  auto it = st.table->actors.find(id);
+  if (it == st.table->actors.end()) {
     auto a = self->spawn<caf::monitored>(aggregate_actor, st.type, id, st.store,
                                          caf::actor_cast<caf::actor>(self));
     st.ids.emplace(a.address(), id);
-    it = st.actors.emplace(id, live_actor{std::move(a), {}, {}}).first;
+    it = st.table->actors.emplace(id, live_actor{std::move(a), {}, {}}).first;
   }
   return it->second;
 }
 
-void send_job(registry_self self, live_actor& a, uint64_t token, bool is_command,
-              erased_command command, reply_slot_ptr slot) {
+void send_job(live_actor& a, uint64_t token, bool is_command, erased_command command,
+              reply_slot_ptr slot) {
   if (is_command)
-    self->send(a.handle, command_atom::value, token, std::move(command), std::move(slot));
+    caf::anon_send(a.handle, command_atom::value, token, std::move(command), std::move(slot));
   else
-    self->send(a.handle, state_atom::value, token, std::move(slot));
+    caf::anon_send(a.handle, state_atom::value, token, std::move(slot));
 }
 
 // A request from actor code: answered through a promise when the aggregate replies by token.
 caf::response_promise route(registry_self self, std::string id, bool is_command,
                             erased_command command) {
   auto& st = self->state;
+  std::lock_guard lock{st.table->mutex};
   auto& a = actor_of(self, id);
   auto rp = self->make_response_promise();
   const uint64_t token = ++st.next_token;
   a.tokens.insert(token);
   st.pending.emplace(token, pending_job{rp, id, is_command});
-  send_job(self, a, token, is_command, std::move(command), nullptr);
+  send_job(a, token, is_command, std::move(command), nullptr);
   return rp;
 }
 
 // A job from a plain thread: the aggregate answers into the slot itself.
 void route(registry_self self, const std::string& id, bool is_command, erased_command command,
            reply_slot_ptr slot) {
+  std::lock_guard lock{self->state.table->mutex};
   auto& a = actor_of(self, id);
   a.add(slot_job{slot, is_command});
-  send_job(self, a, 0, is_command, std::move(command), std::move(slot));
+  send_job(a, 0, is_command, std::move(command), std::move(slot));
 }
 
 template <class T> void settle(registry_self self, uint64_t token, T&& answer) {
@@ -548,8 +570,11 @@ template <class T> void settle(registry_self self, uint64_t token, T&& answer) {
     return;
   auto p = std::move(it->second);
   st.pending.erase(it);
-  if (auto a = st.actors.find(p.id); a != st.actors.end())
-    a->second.tokens.erase(token);
+  {
+    std::lock_guard lock{st.table->mutex};
+    if (auto a = st.table->actors.find(p.id); a != st.table->actors.end())
+      a->second.tokens.erase(token);
+  }
   p.rp.deliver(std::forward<T>(answer));
 }
 
@@ -559,8 +584,9 @@ template <class T> void settle(registry_self self, uint64_t token, T&& answer) {
 // command = one append = one transaction).
 void on_actor_exit(registry_self self, const std::string& id, const caf::error& reason) {
   auto& st = self->state;
-  auto it = st.actors.find(id);
-  if (it == st.actors.end())
+  std::lock_guard lock{st.table->mutex};
+  auto it = st.table->actors.find(id);
+  if (it == st.table->actors.end())
     return;
   const std::string why = self->system().render(reason);
   auto death = [&](bool is_command) {
@@ -582,13 +608,14 @@ void on_actor_exit(registry_self self, const std::string& id, const caf::error& 
   }
   for (auto& s : it->second.slots)
     s.slot->settle(death(s.is_command)); // a no-op for the answered ones
-  st.actors.erase(it);
+  st.table->actors.erase(it);
 }
 
 caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate_type> type,
-                             store_actor store) {
+                             store_actor store, std::shared_ptr<routes> table) {
   self->state.type = std::move(type);
   self->state.store = std::move(store);
+  self->state.table = std::move(table);
   self->set_down_handler([self](caf::down_msg& m) {
     auto& st = self->state;
     auto it = st.ids.find(m.source);
@@ -610,8 +637,10 @@ caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate
         route(self, id, false, {}, std::move(slot));
       },
       [self](find_atom, const std::string& id) {
-        auto it = self->state.actors.find(id);
-        return it == self->state.actors.end() ? caf::actor{} : it->second.handle;
+        auto& table = *self->state.table;
+        std::lock_guard lock{table.mutex};
+        auto it = table.actors.find(id);
+        return it == table.actors.end() ? caf::actor{} : it->second.handle;
       },
       [self](reply_atom, uint64_t token, erased_reply& r) { settle(self, token, std::move(r)); },
       [self](reply_atom, uint64_t token, caf::error& e) { settle(self, token, std::move(e)); },
@@ -621,12 +650,13 @@ caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate
       // actor reads them from the log.)
       [self](idle_atom, const std::string& id) {
         auto& st = self->state;
-        auto it = st.actors.find(id);
-        if (it == st.actors.end() || !it->second.idle() ||
+        std::lock_guard lock{st.table->mutex};
+        auto it = st.table->actors.find(id);
+        if (it == st.table->actors.end() || !it->second.idle() ||
             it->second.handle.address() != caf::actor_cast<caf::actor_addr>(self->current_sender()))
           return;
         auto handle = std::move(it->second.handle);
-        st.actors.erase(it);
+        st.table->actors.erase(it);
         st.ids.erase(handle.address());
         self->demonitor(handle);
         self->send(handle, stop_atom::value);
@@ -636,9 +666,22 @@ caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate
 
 } // namespace
 
-caf::actor spawn_registry(caf::actor_system& system, std::shared_ptr<const aggregate_type> type,
-                          store_actor store) {
-  return spawn_top_level(system, registry_actor, std::move(type), std::move(store));
+registry_ref spawn_registry(caf::actor_system& system, std::shared_ptr<const aggregate_type> type,
+                            store_actor store) {
+  auto table = std::make_shared<routes>();
+  auto actor = spawn_top_level(system, registry_actor, std::move(type), std::move(store), table);
+  return {std::move(actor), std::move(table)};
+}
+
+bool send_direct(routes& table, const std::string& id, bool is_command, erased_command& command,
+                 const reply_slot_ptr& slot) {
+  std::lock_guard lock{table.mutex};
+  auto it = table.actors.find(id);
+  if (it == table.actors.end())
+    return false;
+  it->second.add(slot_job{slot, is_command});
+  send_job(it->second, 0, is_command, std::move(command), slot);
+  return true;
 }
 
 } // namespace mire::actors::detail

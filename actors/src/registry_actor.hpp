@@ -58,11 +58,27 @@ private:
 
 using reply_slot_ptr = std::shared_ptr<reply_slot>;
 
+/// The live aggregate actors of one registry, shared with the plain threads that send to them
+/// (see send_direct). Defined in registry_actor.cpp.
+class routes;
+
+/// A registry and its routing table.
+struct registry_ref {
+  caf::actor actor;
+  std::shared_ptr<routes> table;
+};
+
 /// A registry for `type` whose aggregate actors use `store`. Exiting it stops its actors.
 /// Besides the protocol of registry.hpp it takes (command_atom, id, erased_command,
 /// reply_slot_ptr) and (state_atom, id, reply_slot_ptr): the answer goes into the slot.
-caf::actor spawn_registry(caf::actor_system& system, std::shared_ptr<const aggregate_type> type,
-                          store_actor store);
+registry_ref spawn_registry(caf::actor_system& system, std::shared_ptr<const aggregate_type> type,
+                            store_actor store);
+
+/// Hands a job from a plain thread straight to the live actor for `id`, as the registry would:
+/// false when there is none (send the job to the registry then, which spawns one). Every command
+/// of a type going through the one registry actor would queue them all behind it.
+bool send_direct(routes& table, const std::string& id, bool is_command, erased_command& command,
+                 const reply_slot_ptr& slot);
 
 } // namespace mire::actors::detail
 

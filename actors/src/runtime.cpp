@@ -19,7 +19,7 @@ namespace mire::actors {
 struct runtime::impl {
   struct type_entry {
     std::shared_ptr<detail::aggregate_type> type;
-    caf::actor registry; ///< empty until the type's first use
+    detail::registry_ref registry; ///< empty until the type's first use
   };
 
   // Declared before the handles below so that it is destroyed after them.
@@ -31,12 +31,15 @@ struct runtime::impl {
   std::mutex mutex;
   std::unordered_map<std::type_index, type_entry> types;
 
+  /// The registry of `type`, spawned on first use.
+  detail::registry_ref registry(std::type_index type, detail::model_factory make);
+
   ~impl() {
     // Registries first: their aggregate actors (which may be waiting on the store actor) watch
     // them and exit with them; then the store actor, whose workers stop with it.
     for (auto& [type, entry] : types)
-      if (entry.registry)
-        caf::anon_send_exit(entry.registry, caf::exit_reason::user_shutdown);
+      if (entry.registry.actor)
+        caf::anon_send_exit(entry.registry.actor, caf::exit_reason::user_shutdown);
     if (store)
       caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
     types.clear();
@@ -110,34 +113,44 @@ result<void> runtime::configure_erased(std::type_index type, detail::model_facto
     return ok;
   std::lock_guard lock{impl_->mutex};
   auto& entry = impl_->types[type];
-  if (entry.registry)
+  if (entry.registry.actor)
     return bad_input("an aggregate type is configured after its first use; configure it first");
   entry.type = std::make_shared<detail::aggregate_type>(detail::aggregate_type{make, options});
   return {};
 }
 
-caf::actor runtime::registry(std::type_index type, detail::model_factory make) {
-  std::lock_guard lock{impl_->mutex};
-  auto& entry = impl_->types[type];
-  if (!entry.registry) {
+detail::registry_ref runtime::impl::registry(std::type_index type, detail::model_factory make) {
+  std::lock_guard lock{mutex};
+  auto& entry = types[type];
+  if (!entry.registry.actor) {
     if (!entry.type)
-      entry.type = std::make_shared<detail::aggregate_type>(
-          detail::aggregate_type{make, impl_->options.aggregates});
-    entry.registry = detail::spawn_registry(*impl_->system, entry.type, impl_->store);
+      entry.type =
+          std::make_shared<detail::aggregate_type>(detail::aggregate_type{make, options.aggregates});
+    entry.registry = detail::spawn_registry(*system, entry.type, store);
   }
   return entry.registry;
 }
 
+caf::actor runtime::registry(std::type_index type, detail::model_factory make) {
+  return impl_->registry(type, make).actor;
+}
+
 namespace {
 
-// One blocking request from a plain thread: the message carries a reply slot that the aggregate
-// actor fills and this thread waits on (no scoped actor, no CAF timer). A timeout says whose
-// answer is missing and that the command may still take effect.
-template <class... Ts>
-result<detail::erased_reply> ask(const caf::actor& registry, const std::string& id,
-                                 std::chrono::milliseconds timeout, Ts&&... xs) {
+// One blocking request from a plain thread: the job carries a reply slot that the aggregate
+// actor fills and this thread waits on (no scoped actor, no CAF timer). The job goes straight to
+// the aggregate's actor when it is live, else through the registry. A timeout says whose answer
+// is missing and that the command may still take effect.
+result<detail::erased_reply> ask(const detail::registry_ref& registry, const std::string& id,
+                                 bool is_command, detail::erased_command command,
+                                 std::chrono::milliseconds timeout) {
   auto slot = std::make_shared<detail::reply_slot>();
-  caf::anon_send(registry, std::forward<Ts>(xs)..., slot);
+  if (!detail::send_direct(*registry.table, id, is_command, command, slot)) {
+    if (is_command)
+      caf::anon_send(registry.actor, command_atom::value, id, std::move(command), slot);
+    else
+      caf::anon_send(registry.actor, state_atom::value, id, slot);
+  }
   if (auto r = slot->wait_for(timeout))
     return std::move(*r);
   mire::error err{errc::timeout, "no answer from the actor of '" + id + "' within " +
@@ -152,15 +165,13 @@ result<detail::erased_reply> ask(const caf::actor& registry, const std::string& 
 result<detail::erased_reply> runtime::send_erased(std::type_index type, detail::model_factory make,
                                                   std::string id, detail::erased_command command,
                                                   std::chrono::milliseconds timeout) {
-  auto reg = registry(type, make);
-  return ask(reg, id, timeout, command_atom::value, id, std::move(command));
+  return ask(impl_->registry(type, make), id, true, std::move(command), timeout);
 }
 
 result<detail::erased_reply> runtime::load_erased(std::type_index type, detail::model_factory make,
                                                   std::string id,
                                                   std::chrono::milliseconds timeout) {
-  auto reg = registry(type, make);
-  return ask(reg, id, timeout, state_atom::value, id);
+  return ask(impl_->registry(type, make), id, false, {}, timeout);
 }
 
 } // namespace mire::actors

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -426,6 +427,52 @@ TEST_SUITE("pg") {
     auto more = rt.send<account>("account-1", bank::deposit{100, "d12"}, 10s);
     REQUIRE(more);
     CHECK(more->version == 13);
+  }
+
+  // Commands go straight to a live actor (not through the registry) while the registry lets idle
+  // actors go: a command must never land on an actor that is being let go and go unanswered.
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "commands racing passivation are all answered and recorded once") {
+    auto rt = start(store);
+    mire::actors::aggregate_options options;
+    options.passivate_after = 1ms;
+    REQUIRE(rt.configure<account>(options));
+    constexpr int accounts = 3, threads = 4, per_thread = 150;
+    auto id_of = [](int i) { return "racing-" + std::to_string(i); };
+    for (int i = 0; i < accounts; ++i)
+      REQUIRE(rt.send<account>(id_of(i), bank::open{"owner"}, 10s));
+
+    std::atomic<int> failures{0};
+    std::vector<std::thread> senders;
+    for (int t = 0; t < threads; ++t)
+      senders.emplace_back([&, t] {
+        std::minstd_rand rng(static_cast<unsigned>(t + 1));
+        for (int k = 0; k < per_thread; ++k) {
+          // Pauses around the passivation timeout, so actors keep going idle and coming back.
+          std::this_thread::sleep_for(std::chrono::microseconds(rng() % 2000));
+          const auto ref = "t" + std::to_string(t) + "-" + std::to_string(k);
+          if (auto r = rt.send<account>(id_of(k % accounts), bank::deposit{1, ref}, 10s); !r) {
+            ++failures;
+            MESSAGE(r.error().what());
+          }
+        }
+      });
+    for (auto& s : senders)
+      s.join();
+    CHECK(failures == 0);
+    std::size_t recorded = 0;
+    for (int i = 0; i < accounts; ++i) {
+      auto f = fold(store, id_of(i));
+      std::set<std::string> refs;
+      for (const auto& e : f.log)
+        if (e.type == "account.deposited")
+          CHECK(refs.insert(ref_of(e)).second); // once each
+      recorded += refs.size();
+      auto live = rt.load<account>(id_of(i), 10s);
+      REQUIRE(live);
+      same_state(live->state, f.state);
+    }
+    CHECK(recorded == threads * per_thread);
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
