@@ -55,7 +55,7 @@ struct job {
 struct aggregate_state {
   std::shared_ptr<const aggregate_type> type;
   std::string id;
-  store_actor store;
+  store_ref store; ///< appends go into its queue, loads and snapshots to the actor
   caf::actor registry;
   std::unique_ptr<aggregate_model> model;
   int64_t version = 0;            ///< the model is the fold of the stream's events 1..version
@@ -69,6 +69,7 @@ struct aggregate_state {
   uint64_t call = 0;             ///< the store call in flight (0: none)
   clock::time_point call_due;    ///< when the call in flight is overdue
   std::function<void(caf::error)> on_overdue;
+  std::function<void(result<append_result>)> on_appended; ///< the submitted append's answer
   bool watchdog = false; ///< one store-call timer at a time
   std::function<void()> retry; ///< a conflicted command waiting out its backoff
   std::minstd_rand rng{std::random_device{}()};
@@ -115,23 +116,31 @@ void arm_watchdog(aggregate_self self, clock::duration after) {
 // Store calls carry no CAF timeout: each would cost CAF's clock thread two wake-ups per call.
 // Instead one timer per actor (at most one per store_timeout) fails a call that is overdue, and
 // the call's late answer is dropped. One call is in flight at a time (the actor is busy).
-template <class T, class OnValue, class OnError, class... Ts>
-void call_store(aggregate_self self, OnValue on_value, OnError on_error, Ts&&... xs) {
+template <class OnError> uint64_t begin_call(aggregate_self self, OnError on_error) {
   auto& st = self->state;
   const uint64_t call = ++st.calls;
   st.call = call;
   st.call_due = clock::now() + st.type->options.store_timeout;
   st.on_overdue = [on_error](caf::error e) mutable { on_error(e); };
   arm_watchdog(self, st.type->options.store_timeout);
-  auto current = [self, call] {
-    auto& st = self->state;
-    if (st.call != call)
-      return false; // overdue and already failed
-    st.call = 0;
-    st.on_overdue = nullptr;
-    return true;
-  };
-  self->request(st.store, caf::infinite, std::forward<Ts>(xs)...)
+  return call;
+}
+
+// True (once) when `call` is still the call in flight: its answer counts.
+bool end_call(aggregate_self self, uint64_t call) {
+  auto& st = self->state;
+  if (st.call != call)
+    return false; // overdue and already failed
+  st.call = 0;
+  st.on_overdue = nullptr;
+  return true;
+}
+
+template <class T, class OnValue, class OnError, class... Ts>
+void call_store(aggregate_self self, OnValue on_value, OnError on_error, Ts&&... xs) {
+  const uint64_t call = begin_call(self, on_error);
+  auto current = [self, call] { return end_call(self, call); };
+  self->request(self->state.store.actor, caf::infinite, std::forward<Ts>(xs)...)
       .then(
           [current, on_value](T& value) mutable {
             if (current())
@@ -141,6 +150,38 @@ void call_store(aggregate_self self, OnValue on_value, OnError on_error, Ts&&...
             if (current())
               on_error(e);
           });
+}
+
+// An append straight into the store's queue (see store_queue.hpp); the worker answers with
+// appended_atom, which on_appended hands to on_value or on_error.
+template <class OnValue, class OnError>
+void call_append(aggregate_self self, OnValue on_value, OnError on_error, stream_append a,
+                 commit_hook hook) {
+  auto& st = self->state;
+  const uint64_t call = begin_call(self, on_error);
+  st.on_appended = [on_value, on_error](result<append_result> r) mutable {
+    if (r) {
+      on_value(*r);
+    } else {
+      auto e = to_caf(r.error());
+      on_error(e);
+    }
+  };
+  if (!submit_append(*st.store.queue, std::move(a), std::move(hook), self->address(), call)) {
+    end_call(self, call);
+    auto k = std::move(st.on_appended);
+    st.on_appended = nullptr;
+    k(mire::error{errc::unavailable, "the store actor has stopped"});
+  }
+}
+
+void on_appended(aggregate_self self, uint64_t call, result<append_result> r) {
+  auto& st = self->state;
+  if (!end_call(self, call))
+    return;
+  auto k = std::move(st.on_appended);
+  st.on_appended = nullptr;
+  k(std::move(r));
 }
 
 void on_watchdog(aggregate_self self) {
@@ -156,6 +197,7 @@ void on_watchdog(aggregate_self self) {
   auto overdue = std::move(st.on_overdue);
   st.call = 0;
   st.on_overdue = nullptr;
+  st.on_appended = nullptr;
   overdue(caf::make_error(caf::sec::request_timeout));
 }
 
@@ -220,7 +262,7 @@ void maybe_snapshot(aggregate_self self, int64_t before) {
   } catch (const std::exception&) { // a state that does not serialize: no snapshot, no harm
     return;
   }
-  self->request(st.store, caf::infinite, snapshot_atom::value,
+  self->request(st.store.actor, caf::infinite, snapshot_atom::value,
                 mire::snapshot{st.id, st.version, schema, std::move(state)})
       .then([] {}, [](caf::error&) {});
 }
@@ -316,7 +358,7 @@ void run(aggregate_self self, job j, int retries) {
         [slot = j.slot, retries, events](const append_result& r) {
           slot->settle(erased_reply{erased_reply::accepted, r.version, retries, events, {}});
         });
-  call_store<append_result>(
+  call_append(
       self,
       [self, j, retries, before, events](append_result& r) {
         auto& st = self->state;
@@ -341,7 +383,6 @@ void run(aggregate_self self, job j, int retries) {
             fail(self, j, err);
             finish(self);
       },
-      append_atom::value,
       stream_append{st.id, expected_version::exactly(before), std::move(d.encoded)},
       std::move(settle_on_commit));
 }
@@ -392,7 +433,7 @@ void enqueue(aggregate_self self, job j) {
 }
 
 caf::behavior aggregate_actor(aggregate_self self, std::shared_ptr<const aggregate_type> type,
-                              std::string id, store_actor store, caf::actor registry) {
+                              std::string id, store_ref store, caf::actor registry) {
   auto& st = self->state;
   st.model = type->make();
   st.type = std::move(type);
@@ -409,6 +450,8 @@ caf::behavior aggregate_actor(aggregate_self self, std::shared_ptr<const aggrega
       [self](state_atom, uint64_t token, reply_slot_ptr& slot) {
         enqueue(self, job{token, false, {}, std::move(slot)});
       },
+      [self](appended_atom, uint64_t call, append_result& r) { on_appended(self, call, r); },
+      [self](appended_atom, uint64_t call, caf::error& e) { on_appended(self, call, from_caf(e)); },
       [self](watchdog_atom) { on_watchdog(self); },
       [self](retry_atom) {
         if (auto again = std::move(self->state.retry)) {
@@ -486,7 +529,7 @@ namespace {
 
 struct registry_state {
   std::shared_ptr<const aggregate_type> type;
-  store_actor store;
+  store_ref store;
   std::shared_ptr<routes> table;
   std::unordered_map<caf::actor_addr, std::string> ids;
   std::unordered_map<uint64_t, pending_job> pending;
@@ -612,7 +655,7 @@ void on_actor_exit(registry_self self, const std::string& id, const caf::error& 
 }
 
 caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate_type> type,
-                             store_actor store, std::shared_ptr<routes> table) {
+                             store_ref store, std::shared_ptr<routes> table) {
   self->state.type = std::move(type);
   self->state.store = std::move(store);
   self->state.table = std::move(table);
@@ -667,7 +710,7 @@ caf::behavior registry_actor(registry_self self, std::shared_ptr<const aggregate
 } // namespace
 
 registry_ref spawn_registry(caf::actor_system& system, std::shared_ptr<const aggregate_type> type,
-                            store_actor store) {
+                            store_ref store) {
   auto table = std::make_shared<routes>();
   auto actor = spawn_top_level(system, registry_actor, std::move(type), std::move(store), table);
   return {std::move(actor), std::move(table)};

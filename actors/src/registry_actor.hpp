@@ -16,6 +16,7 @@
 #include "mire/actors/detail/model.hpp"
 #include "mire/actors/options.hpp"
 #include "mire/actors/store_actor.hpp"
+#include "store_queue.hpp"
 
 namespace mire::actors::detail {
 
@@ -72,7 +73,7 @@ struct registry_ref {
 /// Besides the protocol of registry.hpp it takes (command_atom, id, erased_command,
 /// reply_slot_ptr) and (state_atom, id, reply_slot_ptr): the answer goes into the slot.
 registry_ref spawn_registry(caf::actor_system& system, std::shared_ptr<const aggregate_type> type,
-                            store_actor store);
+                            store_ref store);
 
 /// Hands a job from a plain thread straight to the live actor for `id`, as the registry would:
 /// false when there is none (send the job to the registry then, which spawns one). Every command

@@ -27,7 +27,7 @@ struct runtime::impl {
   std::unique_ptr<caf::actor_system> own;
   caf::actor_system* system = nullptr;
   runtime_options options;
-  store_actor store;
+  detail::store_ref store;
   std::mutex mutex;
   std::unordered_map<std::type_index, type_entry> types;
 
@@ -40,10 +40,10 @@ struct runtime::impl {
     for (auto& [type, entry] : types)
       if (entry.registry.actor)
         caf::anon_send_exit(entry.registry.actor, caf::exit_reason::user_shutdown);
-    if (store)
-      caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+    if (store.actor)
+      caf::anon_send_exit(store.actor, caf::exit_reason::user_shutdown);
     types.clear();
-    store = store_actor{};
+    store = {};
     own.reset(); // waits until every actor of the system is done
   }
 };
@@ -82,7 +82,7 @@ result<runtime> runtime::start(event_store store, runtime_options options) {
   p->own = make_actor_system(*p->config);
   p->system = p->own.get();
   p->options = options;
-  auto s = spawn_store_actor(*p->system, std::move(store), options.store);
+  auto s = detail::spawn_store(*p->system, std::move(store), options.store);
   if (!s)
     return s.error();
   p->store = std::move(*s);
@@ -96,7 +96,7 @@ result<runtime> runtime::start(caf::actor_system& system, event_store store,
   auto p = std::make_unique<impl>();
   p->system = &system;
   p->options = options;
-  auto s = spawn_store_actor(system, std::move(store), options.store);
+  auto s = detail::spawn_store(system, std::move(store), options.store);
   if (!s)
     return s.error();
   p->store = std::move(*s);

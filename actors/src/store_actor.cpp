@@ -23,6 +23,7 @@
 
 #include "mire/actors/errors.hpp"
 #include "mire/store/uuid.hpp"
+#include "store_queue.hpp"
 #include "top_level.hpp"
 
 namespace mire::actors {
@@ -109,10 +110,13 @@ stream_load load_stream(event_store& store, const load_request& req) {
 // one commit's time; a group held up in Postgres (a lock, rule 6) keeps nobody waiting longer.
 constexpr auto company_wait = std::chrono::milliseconds(2);
 
-/// A job in the queue; `token` names its promise in the coordinator.
+/// A job in the queue; `token` names its promise in the coordinator, or, for an append submitted
+/// by an aggregate actor (submit_append), `reply_to` and `call` whom the worker answers itself.
 struct queued {
   enum kind_t { append, load, snapshot } kind = append;
   uint64_t token = 0;
+  caf::actor_addr reply_to;
+  uint64_t call = 0;
   stream_append append_request;
   commit_hook hook;
   load_request to_load;
@@ -125,10 +129,16 @@ struct work {
   std::vector<queued> jobs;
 };
 
-/// The queue the coordinator fills and the workers take from (under `mutex`). Workers take work
-/// themselves the moment they are free: no round trip through the coordinator between groups.
-struct work_queue {
-  explicit work_queue(store_actor_options o) : options(o) {}
+} // namespace
+
+namespace detail {
+
+/// The queue the coordinator (and submit_append) fills and the workers take from (under `mutex`).
+/// Workers take work themselves the moment they are free: no round trip through the coordinator
+/// between groups.
+class store_queue {
+public:
+  explicit store_queue(store_actor_options o) : options(o) {}
 
   /// The next work, or when to look again (nullopt: when woken).
   struct next {
@@ -210,6 +220,12 @@ struct work_queue {
   bool stopping = false;
 };
 
+} // namespace detail
+
+namespace {
+
+using work_queue = detail::store_queue;
+
 using done_atom = caf::atom_constant<caf::atom("done")>;
 
 caf::error unknown_failure(const char* what) {
@@ -289,29 +305,39 @@ void store_worker(caf::blocking_actor*, std::shared_ptr<work_queue> q,
     }
     auto& first = w.jobs.front();
     if (first.kind == queued::append) {
-      std::vector<uint64_t> tokens;
-      std::vector<append_outcome> outcomes;
-      {
-        group_release released{*q, {}};
-        for (const auto& j : w.jobs) {
-          released.streams.push_back(j.append_request.stream_id);
-          tokens.push_back(j.token);
-        }
-        outcomes = run_group(*store, w);
-        // Callers first (a waiting thread goes on now), then the streams; each hook on its own:
-        // one that throws changes no outcome. The outcomes leave before the streams are
-        // released, so the answer to a later append to the same stream (a later group, maybe on
-        // another worker) cannot overtake them.
-        for (std::size_t i = 0; i < outcomes.size(); ++i) {
-          if (w.jobs[i].hook && !outcomes[i].error) {
-            try {
-              (*w.jobs[i].hook)(outcomes[i].value);
-            } catch (...) { // the reply still carries the outcome
-            }
+      group_release released{*q, {}};
+      for (const auto& j : w.jobs)
+        released.streams.push_back(j.append_request.stream_id);
+      auto outcomes = run_group(*store, w);
+      // Callers first (a waiting thread goes on now), then the streams; each hook on its own:
+      // one that throws changes no outcome. The outcomes leave before the streams are
+      // released, so the answer to a later append to the same stream (a later group, maybe on
+      // another worker) cannot overtake them.
+      for (std::size_t i = 0; i < outcomes.size(); ++i) {
+        if (w.jobs[i].hook && !outcomes[i].error) {
+          try {
+            (*w.jobs[i].hook)(outcomes[i].value);
+          } catch (...) { // the reply still carries the outcome
           }
         }
-        answer(std::move(tokens), std::move(outcomes));
       }
+      std::vector<uint64_t> tokens;
+      std::vector<append_outcome> via_coordinator;
+      for (std::size_t i = 0; i < outcomes.size(); ++i) {
+        auto& j = w.jobs[i];
+        if (!j.reply_to) {
+          tokens.push_back(j.token);
+          via_coordinator.push_back(std::move(outcomes[i]));
+        } else if (auto to = caf::actor_cast<caf::actor>(j.reply_to); !to) {
+          continue; // the actor is gone
+        } else if (outcomes[i].error) {
+          caf::anon_send(to, detail::appended_atom::value, j.call, std::move(outcomes[i].error));
+        } else {
+          caf::anon_send(to, detail::appended_atom::value, j.call, outcomes[i].value);
+        }
+      }
+      if (!tokens.empty())
+        answer(std::move(tokens), std::move(via_coordinator));
     } else if (first.kind == queued::load) {
       try {
         answer(first.token, load_stream(*store, first.to_load));
@@ -338,18 +364,28 @@ void store_worker(caf::blocking_actor*, std::shared_ptr<work_queue> q,
 }
 
 struct coordinator_state {
-  std::shared_ptr<work_queue> queue;
+  std::shared_ptr<detail::store_queue> queue;
   uint64_t next_token = 0;
   std::unordered_map<uint64_t, caf::typed_response_promise<append_result>> appends;
   std::unordered_map<uint64_t, caf::typed_response_promise<stream_load>> loads;
   std::unordered_map<uint64_t, caf::response_promise> snapshots;
   ~coordinator_state() {
     if (queue) { // the workers finish the work in hand and stop
+      std::deque<queued> submitted; // by aggregate actors, and never taken: they never ran
       {
         std::lock_guard lock{queue->mutex};
         queue->stopping = true;
+        for (auto& j : queue->queue)
+          if (j.reply_to)
+            submitted.push_back(std::move(j));
       }
       queue->wake.notify_all();
+      const auto not_run = to_caf(mire::error{
+          errc::unavailable, "the store actor stopped before this append ran: nothing of it was "
+                             "recorded"});
+      for (auto& j : submitted)
+        if (auto to = caf::actor_cast<caf::actor>(j.reply_to))
+          caf::anon_send(to, detail::appended_atom::value, j.call, not_run);
     }
     // CAF 0.17 does not answer a promise that is dropped: say so instead of leaving callers to
     // their timeouts. An append among these may still commit (a worker finishes the one in hand).
@@ -371,24 +407,31 @@ struct coordinator_state {
 // interface.
 using coordinator = caf::stateful_actor<coordinator_state>*;
 
-uint64_t enqueue(coordinator self, queued j) {
-  auto& st = self->state;
-  j.token = ++st.next_token;
+bool push(work_queue& q, queued j) {
   j.arrived = clock::now();
-  const auto token = j.token;
   {
-    std::lock_guard lock{st.queue->mutex};
-    st.queue->queue.push_back(std::move(j));
+    std::lock_guard lock{q.mutex};
+    if (q.stopping)
+      return false;
+    q.queue.push_back(std::move(j));
   }
-  st.queue->wake.notify_one();
+  q.wake.notify_one();
+  return true;
+}
+
+uint64_t enqueue(coordinator self, queued j) {
+  j.token = ++self->state.next_token;
+  const auto token = j.token;
+  push(*self->state.queue, std::move(j)); // the queue stops only with this actor
   return token;
 }
 
 caf::behavior coordinator_actor(coordinator self, event_store store,
-                               store_actor_options options) {
+                               std::shared_ptr<detail::store_queue> queue) {
   auto shared = std::make_shared<event_store>(std::move(store));
   auto& st = self->state;
-  st.queue = std::make_shared<work_queue>(options);
+  st.queue = std::move(queue);
+  const auto& options = st.queue->options;
   for (std::size_t i = 0; i < options.workers; ++i)
     self->spawn<caf::detached>(store_worker, st.queue, shared, self->address());
   auto append = [self](stream_append& a, commit_hook hook) {
@@ -464,15 +507,35 @@ caf::behavior coordinator_actor(coordinator self, event_store store,
 
 } // namespace
 
-result<store_actor> spawn_store_actor(caf::actor_system& system, event_store store,
-                                      store_actor_options options) {
+result<detail::store_ref> detail::spawn_store(caf::actor_system& system, event_store store,
+                                              store_actor_options options) {
   if (auto ok = validate(options); !ok)
     return ok.error();
   if (store.options().pool_size < options.workers)
     return bad_input("the event store's pool_size (" + std::to_string(store.options().pool_size) +
                      ") must be at least store.workers (" + std::to_string(options.workers) + ")");
-  return caf::actor_cast<store_actor>(
-      detail::spawn_top_level(system, coordinator_actor, std::move(store), options));
+  auto queue = std::make_shared<store_queue>(options);
+  auto actor = caf::actor_cast<store_actor>(
+      spawn_top_level(system, coordinator_actor, std::move(store), queue));
+  return store_ref{std::move(actor), std::move(queue)};
+}
+
+bool detail::submit_append(store_queue& queue, stream_append a, commit_hook hook,
+                           const caf::actor_addr& reply_to, uint64_t call) {
+  queued j;
+  j.append_request = std::move(a);
+  j.hook = std::move(hook);
+  j.reply_to = reply_to;
+  j.call = call;
+  return push(queue, std::move(j));
+}
+
+result<store_actor> spawn_store_actor(caf::actor_system& system, event_store store,
+                                      store_actor_options options) {
+  auto s = detail::spawn_store(system, std::move(store), options);
+  if (!s)
+    return s.error();
+  return std::move(s->actor);
 }
 
 } // namespace mire::actors
