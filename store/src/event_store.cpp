@@ -508,10 +508,12 @@ result<sql_rows> transaction::execute(std::string_view sql, const std::vector<sq
   // What changes the session beyond this transaction (a SET without LOCAL of a setting the server
   // does not report, LISTEN, DEALLOCATE ...) must not follow the connection back into the pool,
   // where the store's own appends would run under it: such a connection is closed on return.
+  // SET LOCAL and SET TRANSACTION end with the transaction (a projection handler may use them
+  // in every batch, which would otherwise cost a new connection each time).
   const std::string_view tag = PQcmdStatus(r->get());
   for (std::string_view changes :
        {"SET", "RESET", "DISCARD", "DEALLOCATE", "PREPARE", "LISTEN", "UNLISTEN", "LOAD"})
-    if (tag == changes)
+    if (tag == changes && !(tag == "SET" && detail::sets_only_transaction(sql)))
       conn_->conn->taint();
   if (const auto status = PQresultStatus(r->get());
       status == PGRES_COPY_IN || status == PGRES_COPY_OUT) {

@@ -357,6 +357,49 @@ ORDER BY r.idx)sql");
                       "FROM {s}.events WHERE transaction_id = pg_current_xact_id()");
 }
 
+namespace {
+
+// The next word of `sql` from `i` on (upper-cased), past whitespace and comments (-- to the end
+// of the line; /* */, which nest in Postgres).
+std::string next_word(std::string_view sql, std::size_t& i) {
+  for (;;) {
+    while (i < sql.size() && std::isspace(static_cast<unsigned char>(sql[i])))
+      ++i;
+    if (sql.compare(i, 2, "--") == 0) {
+      i = std::min(sql.find('\n', i), sql.size());
+    } else if (sql.compare(i, 2, "/*") == 0) {
+      int depth = 0;
+      do {
+        if (sql.compare(i, 2, "/*") == 0) {
+          ++depth;
+          i += 2;
+        } else if (sql.compare(i, 2, "*/") == 0) {
+          --depth;
+          i += 2;
+        } else {
+          ++i;
+        }
+      } while (depth > 0 && i < sql.size());
+    } else {
+      break;
+    }
+  }
+  std::string word;
+  while (i < sql.size() && (std::isalnum(static_cast<unsigned char>(sql[i])) || sql[i] == '_'))
+    word += static_cast<char>(std::toupper(static_cast<unsigned char>(sql[i++])));
+  return word;
+}
+
+} // namespace
+
+bool sets_only_transaction(std::string_view sql) {
+  std::size_t i = 0;
+  if (next_word(sql, i) != "SET")
+    return false;
+  const auto scope = next_word(sql, i);
+  return scope == "LOCAL" || scope == "TRANSACTION";
+}
+
 std::string printable(std::string_view value, std::size_t max_chars) {
   std::string out;
   for (std::size_t i = 0; i < value.size() && out.size() < max_chars;) {

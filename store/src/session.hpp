@@ -77,6 +77,10 @@ std::string iso_time(std::string_view pg_time);
 /// stored: Postgres refuses invalid UTF-8 and NUL bytes.
 std::string printable(std::string_view value, std::size_t max_chars = 120);
 
+/// Whether `sql` is a SET that lasts only for its transaction (SET LOCAL ..., SET TRANSACTION
+/// ...), judged by its first two words past whitespace and comments.
+bool sets_only_transaction(std::string_view sql);
+
 /// A log filter's category and event types (read_all, projections).
 result<void> check_filter(const log_filter& filter);
 

@@ -642,6 +642,43 @@ TEST_SUITE("pg") {
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
+                    "a SET that ends with its transaction keeps the connection; one that does "
+                    "not closes it") {
+    auto options = store.options();
+    options.pool_size = 1;
+    auto one = mire::event_store::open(options).value();
+    auto backend_after = [&](const std::string& sql) {
+      auto tx = one.begin().value();
+      auto r = tx.execute(sql);
+      REQUIRE_MESSAGE(r, r.error().what());
+      auto pid = tx.execute("SELECT pg_backend_pid()");
+      REQUIRE(pid);
+      REQUIRE(tx.commit());
+      return pid->rows.at(0).at(0).value();
+    };
+    auto backend_now = [&] { return backend_after("SELECT 1"); };
+    const auto first = backend_now();
+    for (const char* local : {"SET LOCAL statement_timeout = 12345",
+                              " /* a /* nested */ comment */ set\n-- a comment\n local "
+                              "statement_timeout = 12345",
+                              "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"}) {
+      CAPTURE(std::string(local));
+      backend_after(local);
+      CHECK(backend_now() == first);
+    }
+    for (const char* session : {"SET statement_timeout = 12345",
+                                "SET SESSION statement_timeout = 12345",
+                                "/* local */ SET localx.y = 1"}) {
+      CAPTURE(std::string(session));
+      const auto before = backend_now();
+      auto tx = one.begin().value();
+      REQUIRE(tx.execute(session));
+      REQUIRE(tx.commit());
+      CHECK(backend_now() != before);
+    }
+  }
+
+  TEST_CASE_FIXTURE(mire::test::pg_fixture,
                     "COPY through a transaction scope is refused and the scope commits nothing") {
     auto tx = store.begin().value();
     REQUIRE(tx.append("cp-1", expected_version::no_stream(), {plain_event("y")}));

@@ -160,7 +160,9 @@ public:
   /// Runs one SQL statement of yours (a projection's read-model writes, say) in this
   /// transaction. Pass every value as a parameter ($1, $2, ...), never inside the text.
   /// Statements are prepared once per connection, keyed by their text. A failure rolls the
-  /// transaction back, as for every other call.
+  /// transaction back, as for every other call. A statement that changes the session beyond
+  /// the transaction (SET without LOCAL, LISTEN, PREPARE, ...) costs the connection: it is
+  /// closed afterwards, not pooled; SET LOCAL and SET TRANSACTION do not. COPY is refused.
   result<sql_rows> execute(std::string_view sql, const std::vector<sql_param>& params = {});
 
   /// Commits. commit_in_doubt when the connection broke while committing.
