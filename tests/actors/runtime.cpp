@@ -18,6 +18,7 @@
 #include <vector>
 
 #include <caf/all.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "actors/bank.hpp"
@@ -450,7 +451,7 @@ TEST_SUITE("pg") {
         for (int k = 0; k < per_thread; ++k) {
           // Pauses around the passivation timeout, so actors keep going idle and coming back.
           std::this_thread::sleep_for(std::chrono::microseconds(rng() % 2000));
-          const auto ref = "t" + std::to_string(t) + "-" + std::to_string(k);
+          const auto ref = fmt::format("t{}-{}", t, k);
           if (auto r = rt.send<account>(id_of(k % accounts), bank::deposit{1, ref}, 10s); !r) {
             ++failures;
             MESSAGE(r.error().what());
