@@ -113,6 +113,22 @@ struct initial_account : snap_account<1> {
   }
 };
 
+// A store of one connection: whatever a scope leaves behind, the next user gets.
+mire::event_store one_connection(const mire::event_store& store) {
+  auto options = store.options();
+  options.pool_size = 1;
+  return mire::event_store::open(options).value();
+}
+
+// Runs `sql` in a scope of its own and commits; its first value ("" if none).
+std::string run_scope(mire::event_store& store, const std::string& sql) {
+  auto tx = store.begin().value();
+  auto r = tx.execute(sql);
+  REQUIRE_MESSAGE(r, r.error().what());
+  REQUIRE(tx.commit());
+  return r->rows.empty() ? "" : r->rows.at(0).at(0).value_or("");
+}
+
 } // namespace
 
 TEST_CASE("an event that does not encode leaves the aggregate as it was") {
@@ -624,57 +640,33 @@ TEST_SUITE("pg") {
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
                     "a setting the server does not report, changed by user SQL, stays out of the "
                     "pool") {
-    // One connection: whatever the scope leaves behind, the next user gets.
-    auto options = store.options();
-    options.pool_size = 1;
-    auto one = mire::event_store::open(options).value();
-    auto show = [&] {
-      auto tx = one.begin().value();
-      auto r = tx.execute("SHOW statement_timeout");
-      REQUIRE_MESSAGE(r, r.error().what());
-      return r->rows.at(0).at(0).value();
-    };
-    const auto before = show();
-    auto tx = one.begin().value();
-    REQUIRE(tx.execute("SET statement_timeout = 12345"));
-    REQUIRE(tx.commit());
-    CHECK(show() == before);
+    auto one = one_connection(store);
+    const auto before = run_scope(one, "SHOW statement_timeout");
+    run_scope(one, "SET statement_timeout = 12345");
+    CHECK(run_scope(one, "SHOW statement_timeout") == before);
   }
 
   TEST_CASE_FIXTURE(mire::test::pg_fixture,
                     "a SET that ends with its transaction keeps the connection; one that does "
                     "not closes it") {
-    auto options = store.options();
-    options.pool_size = 1;
-    auto one = mire::event_store::open(options).value();
-    auto backend_after = [&](const std::string& sql) {
-      auto tx = one.begin().value();
-      auto r = tx.execute(sql);
-      REQUIRE_MESSAGE(r, r.error().what());
-      auto pid = tx.execute("SELECT pg_backend_pid()");
-      REQUIRE(pid);
-      REQUIRE(tx.commit());
-      return pid->rows.at(0).at(0).value();
-    };
-    auto backend_now = [&] { return backend_after("SELECT 1"); };
-    const auto first = backend_now();
+    auto one = one_connection(store);
+    auto backend = [&] { return run_scope(one, "SELECT pg_backend_pid()"); };
+    const auto first = backend();
     for (const char* local : {"SET LOCAL statement_timeout = 12345",
                               " /* a /* nested */ comment */ set\n-- a comment\n local "
                               "statement_timeout = 12345",
                               "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"}) {
       CAPTURE(std::string(local));
-      backend_after(local);
-      CHECK(backend_now() == first);
+      run_scope(one, local);
+      CHECK(backend() == first);
     }
     for (const char* session : {"SET statement_timeout = 12345",
                                 "SET SESSION statement_timeout = 12345",
                                 "/* local */ SET localx.y = 1"}) {
       CAPTURE(std::string(session));
-      const auto before = backend_now();
-      auto tx = one.begin().value();
-      REQUIRE(tx.execute(session));
-      REQUIRE(tx.commit());
-      CHECK(backend_now() != before);
+      const auto before = backend();
+      run_scope(one, session);
+      CHECK(backend() != before);
     }
   }
 
