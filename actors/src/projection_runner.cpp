@@ -29,6 +29,7 @@ struct step_reply {
   int64_t applied = 0;
   int64_t parked = 0;
   bool caught_up = false;
+  bool held_back = false;
   bool stopped = false;
   uint64_t tx = 0;
   int64_t position = 0;
@@ -36,9 +37,13 @@ struct step_reply {
 };
 
 template <class Inspector> typename Inspector::result_type inspect(Inspector& f, step_reply& x) {
-  return f(caf::meta::type_name("step_reply"), x.applied, x.parked, x.caught_up, x.stopped, x.tx,
-           x.position, x.live_generation);
+  return f(caf::meta::type_name("step_reply"), x.applied, x.parked, x.caught_up, x.held_back,
+           x.stopped, x.tx, x.position, x.live_generation);
 }
+
+// A wait is cut into slices this long at most, so that a runner that stops (or loses its lease)
+// is not held up by its worker's wait for the rest of a long poll interval.
+constexpr auto wait_slice = 100ms;
 
 struct worker_state {
   store_options db;
@@ -83,6 +88,7 @@ caf::behavior projection_worker(caf::stateful_actor<worker_state>* self, store_o
           return step_reply{static_cast<int64_t>(r->applied),
                             static_cast<int64_t>(r->parked),
                             r->caught_up,
+                            r->held_back,
                             r->stopped,
                             r->position.transaction_id,
                             r->position.position,
@@ -96,10 +102,16 @@ caf::behavior projection_worker(caf::stateful_actor<worker_state>* self, store_o
           auto p = self->state.get();
           if (!p)
             return to_caf(p.error());
-          auto r = (*p)->wait(std::chrono::milliseconds(ms));
-          if (!r)
-            return to_caf(r.error());
-          return *r;
+          const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+          for (;;) {
+            const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+                until - std::chrono::steady_clock::now());
+            auto r = (*p)->wait(std::clamp<std::chrono::milliseconds>(left, 0ms, wait_slice));
+            if (!r)
+              return to_caf(r.error());
+            if (*r || left <= wait_slice || self->state.cancel->load())
+              return *r;
+          }
         } catch (const std::exception& ex) { // as for step: a failed wait, never a dead worker
           return to_caf(error{errc::internal, std::string("projection wait: ") + ex.what()});
         }
@@ -121,6 +133,7 @@ struct runner_state {
   bool busy = false;            // the worker has a request of ours
   bool retry_armed = false;     // a delayed kick is on its way
   std::chrono::milliseconds backoff{0};
+  std::chrono::milliseconds held_wait{0}; // how long to wait while events are held back
   runner_status status;
   static inline const char* name = "mire.projection";
 };
@@ -139,12 +152,11 @@ void retry_later(runner_self self) {
   }
 }
 
-// Waits for a notification (or the poll interval), then steps again.
-void idle(runner_self self) {
+// Waits for a notification (or `timeout`), then steps again.
+void idle(runner_self self, std::chrono::milliseconds timeout) {
   auto& st = self->state;
   st.busy = true;
-  self->request(st.worker, caf::infinite, wait_atom::value,
-                static_cast<int64_t>(st.options.poll.count()))
+  self->request(st.worker, caf::infinite, wait_atom::value, static_cast<int64_t>(timeout.count()))
       .then(
           [self](bool) {
             self->state.busy = false;
@@ -182,10 +194,13 @@ void kick(runner_self self) {
             st.status.live_generation = r.live_generation;
             if (epoch == st.epoch) // else it would hide why the lease changed hands
               st.status.last_error.clear();
+            // Events held back by an older open transaction come into reach when it ends,
+            // which may notify nobody: look again after 10 ms, 20, 40 ... up to the poll.
+            st.held_wait = r.held_back ? std::clamp(st.held_wait * 2, 10ms, st.options.poll) : 0ms;
             if (epoch != st.epoch || !st.fence)
               kick(self);
             else if (r.caught_up)
-              idle(self);
+              idle(self, r.held_back ? st.held_wait : st.options.poll);
             else
               kick(self);
           },

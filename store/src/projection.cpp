@@ -59,7 +59,7 @@ struct texts {
   std::string register_projection, head, rebuild_failed, lock_lease, lock_generation, claim,
       lock_projection, guard, insert_generation, clear_rebuild, switch_live, drop_generation, park,
       stop, retries, retry_done, retry_failed, status, request_rebuild, reset, resume, dead_letters,
-      skip, retry;
+      skip, retry, held_back;
 
   explicit texts(std::string_view schema) {
     auto s = [&](std::string_view t) { return detail::in_schema(t, schema); };
@@ -229,6 +229,11 @@ WHERE p.name = $1 ORDER BY d.id)sql");
              "WHERE id = $1 AND status IN ('parked', 'retry') RETURNING id");
     retry = s("UPDATE {s}.projection_dead_letters SET status = 'retry', updated_at = now() "
               "WHERE id = $1 AND status = 'parked' RETURNING id");
+    // Committed events that a reader cannot take yet: a transaction older than theirs is still
+    // open (rule 3). Their notification has come and gone, and what holds them back (a
+    // transaction scope, a projection's batch) may end without one.
+    held_back = s("SELECT EXISTS (SELECT 1 FROM {s}.events "
+                  "WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))");
   }
 };
 
@@ -982,6 +987,17 @@ struct projector::impl {
   }
 
   result<step_result> step(const lease& held, const std::atomic<bool>* cancel) {
+    auto out = work(held, cancel);
+    if (out && out->caught_up && !out->stopped) {
+      auto r = run(store, "mire_proj_held_back", sql->held_back, {});
+      if (!r)
+        return r.error();
+      out->held_back = r->text(0, 0) == "t";
+    }
+    return out;
+  }
+
+  result<step_result> work(const lease& held, const std::atomic<bool>* cancel) {
     if (held.resource != resource)
       return bad_input(fmt::format("lease on '{}' does not cover projection {} (needs '{}')",
                                    detail::printable(held.resource), def.name, resource));

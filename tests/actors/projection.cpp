@@ -300,6 +300,34 @@ TEST_SUITE("pg") {
     CHECK(mire::projection_status_of(store, "balances")->events_applied == 160);
   }
 
+  // An append that commits while an older transaction is still open waits behind it (rule 3):
+  // its notification finds nothing to read yet, and the older transaction, not an append, sends
+  // none when it ends. The runner must look again on its own, not at its next poll.
+  TEST_CASE_FIXTURE(runner_fixture,
+                    "an append held back by an older open transaction is applied once that ends, "
+                    "without waiting for the poll") {
+    auto r = mire::actors::spawn_projection_runner(
+        *sys, store, balances_projection(),
+        {.owner = "replica-1", .lease_ttl = 1500ms, .poll = 600s, .max_backoff = 500ms});
+    REQUIRE_MESSAGE(r, r.error().what());
+    runners.push_back(*r);
+    append_deposits(store, 1, 1);
+    REQUIRE(eventually([&] { return caught_up(); }));
+
+    auto other = mire::event_store::open({.url = url}).value();
+    auto older = other.begin().value();
+    REQUIRE(older.execute("SELECT pg_current_xact_id()")); // takes a transaction id: the horizon
+    const auto steps = status(*r).steps;
+    append_deposits(store, 1, 1, 1);
+    // The runner hears of the append and finds it behind the horizon.
+    REQUIRE(eventually([&] { return status(*r).steps > steps; }, 20s));
+    std::this_thread::sleep_for(200ms);
+    CHECK_FALSE(caught_up());
+    REQUIRE(older.commit());
+    CHECK(eventually([&] { return caught_up(); }, 30s));
+    CHECK(view(store) == fold(store));
+  }
+
   TEST_CASE_FIXTURE(
       runner_fixture,
       "a runner whose lease is taken away steps down, and drives again once it is back") {

@@ -150,6 +150,9 @@ struct step_result {
   std::size_t rebuilt = 0; ///< events applied to a generation being rebuilt
   std::size_t parked = 0;  ///< events parked as dead letters
   bool caught_up = false;  ///< nothing left to read now: wait for new events
+  bool held_back = false;  ///< caught up, but committed events wait behind an older open
+                           ///< transaction (rule 3): look again soon, as its end may send no
+                           ///< notification
   bool stopped = false;    ///< the projection is stopped (poison under `stop`)
   bool switched = false;   ///< a rebuilt generation went live
   checkpoint position;     ///< the live generation's checkpoint after the step
