@@ -196,7 +196,8 @@ void kick(runner_self self) {
               st.status.last_error.clear();
             // Events held back by an older open transaction come into reach when it ends,
             // which may notify nobody: look again after 10 ms, 20, 40 ... up to the poll.
-            st.held_wait = r.held_back ? std::clamp(st.held_wait * 2, 10ms, st.options.poll) : 0ms;
+            st.held_wait =
+                r.held_back ? std::min(std::max(st.held_wait * 2, 10ms), st.options.poll) : 0ms;
             if (epoch != st.epoch || !st.fence)
               kick(self);
             else if (r.caught_up)
