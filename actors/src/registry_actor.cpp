@@ -23,6 +23,7 @@
 #include <exception>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 
@@ -69,7 +70,7 @@ struct aggregate_state {
   uint64_t call = 0;             ///< the store call in flight (0: none)
   clock::time_point call_due;    ///< when the call in flight is overdue
   std::function<void(caf::error)> on_overdue;
-  std::function<void(result<append_result>)> on_appended; ///< the submitted append's answer
+  std::function<void(append_result&)> on_appended; ///< the submitted append's success
   bool watchdog = false; ///< one store-call timer at a time
   std::function<void()> retry; ///< a conflicted command waiting out its backoff
   std::minstd_rand rng{std::random_device{}()};
@@ -152,36 +153,34 @@ void call_store(aggregate_self self, OnValue on_value, OnError on_error, Ts&&...
           });
 }
 
+// The worker's answer to the submitted append `call`: on_appended gets a success, the call's
+// error handler (on_overdue, set by begin_call) a failure.
+template <class Answer> void on_appended(aggregate_self self, uint64_t call, Answer& answer) {
+  auto& st = self->state;
+  if (st.call != call)
+    return; // overdue and already failed
+  auto on_value = std::move(st.on_appended);
+  auto on_error = std::move(st.on_overdue);
+  st.on_appended = nullptr;
+  end_call(self, call);
+  if constexpr (std::is_same_v<Answer, caf::error>)
+    on_error(std::move(answer));
+  else
+    on_value(answer);
+}
+
 // An append straight into the store's queue (see store_queue.hpp); the worker answers with
-// appended_atom, which on_appended hands to on_value or on_error.
+// appended_atom.
 template <class OnValue, class OnError>
 void call_append(aggregate_self self, OnValue on_value, OnError on_error, stream_append a,
                  commit_hook hook) {
   auto& st = self->state;
   const uint64_t call = begin_call(self, on_error);
-  st.on_appended = [on_value, on_error](result<append_result> r) mutable {
-    if (r) {
-      on_value(*r);
-    } else {
-      auto e = to_caf(r.error());
-      on_error(e);
-    }
-  };
+  st.on_appended = std::move(on_value);
   if (!submit_append(*st.store.queue, std::move(a), std::move(hook), self->address(), call)) {
-    end_call(self, call);
-    auto k = std::move(st.on_appended);
-    st.on_appended = nullptr;
-    k(mire::error{errc::unavailable, "the store actor has stopped"});
+    auto stopped = to_caf(mire::error{errc::unavailable, "the store actor has stopped"});
+    on_appended(self, call, stopped);
   }
-}
-
-void on_appended(aggregate_self self, uint64_t call, result<append_result> r) {
-  auto& st = self->state;
-  if (!end_call(self, call))
-    return;
-  auto k = std::move(st.on_appended);
-  st.on_appended = nullptr;
-  k(std::move(r));
 }
 
 void on_watchdog(aggregate_self self) {
@@ -451,7 +450,7 @@ caf::behavior aggregate_actor(aggregate_self self, std::shared_ptr<const aggrega
         enqueue(self, job{token, false, {}, std::move(slot)});
       },
       [self](appended_atom, uint64_t call, append_result& r) { on_appended(self, call, r); },
-      [self](appended_atom, uint64_t call, caf::error& e) { on_appended(self, call, from_caf(e)); },
+      [self](appended_atom, uint64_t call, caf::error& e) { on_appended(self, call, e); },
       [self](watchdog_atom) { on_watchdog(self); },
       [self](retry_atom) {
         if (auto again = std::move(self->state.retry)) {
